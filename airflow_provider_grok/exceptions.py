@@ -1,0 +1,91 @@
+"""The errors the provider raises. Every one is a :class:`GrokError`.
+
+Each carries what a user needs to act on it: the HTTP ``status`` (when there was a response), the
+server's own ``server_message`` and the ``request_id`` to quote to the gateway's support. The API
+key never appears in any of them: messages from the server are redacted before they get here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GrokError(Exception):
+    """
+    Base class of every error about the Grok Imagine API.
+
+    :param message: the full, human-readable explanation (what failed, the server's words, what to do).
+    :param status: HTTP status of the response, if there was one.
+    :param server_message: the message the server sent, redacted.
+    :param request_id: the gateway's request id, if it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        server_message: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.server_message = server_message
+        self.request_id = request_id
+        # Set by the hook when a split request (n > 10) failed after some sub-requests had already
+        # produced (and been billed for) images, so the caller can still store them.
+        self.partial_result: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments break default exception pickling (used when errors cross processes).
+        return (
+            _rebuild,
+            (type(self), self.message, self.status, self.server_message, self.request_id),
+        )
+
+
+def _rebuild(
+    cls: type[GrokError], message: str, status: int | None, server_message: str | None, request_id: str | None
+) -> GrokError:
+    return cls(message, status=status, server_message=server_message, request_id=request_id)
+
+
+class GrokValidationError(GrokError, ValueError):
+    """A parameter or connection setting is invalid. Raised before any request is sent (nothing billed)."""
+
+
+class GrokAuthError(GrokError):
+    """The API key is missing, wrong or not allowed to use this model (401/403, and xAI's 400 for a bad key)."""
+
+
+class GrokBadRequestError(GrokError):
+    """The gateway rejected the request as invalid (400, 415, 422). Retrying the same request cannot help."""
+
+
+class GrokNotFoundError(GrokBadRequestError):
+    """404: an unknown model, or a base URL whose ``/v1`` is doubled or missing."""
+
+
+class GrokContentFilteredError(GrokBadRequestError):
+    """The prompt or every generated image was refused by content moderation (still billed on some gateways)."""
+
+
+class GrokRateLimitError(GrokError):
+    """429 from the gateway, still there after the configured retries."""
+
+
+class GrokServerError(GrokError):
+    """A server or gateway fault (5xx, 408, 409, an HTML error page), still there after the configured retries."""
+
+
+class GrokTransportError(GrokError):
+    """The request never got an HTTP answer: connection refused or dropped, or a timeout."""
+
+
+class GrokResponseError(GrokError):
+    """The gateway answered 200 with a body that is not a valid image-generation response."""
+
+
+class GrokImageDownloadError(GrokError):
+    """A generated image could not be fetched or decoded: expired URL, too large, or not an image."""

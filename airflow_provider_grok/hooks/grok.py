@@ -1,0 +1,428 @@
+"""GrokHook: the ``grok`` connection, authentication and ``POST /v1/images/generations`` over ``requests``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import Any
+
+import requests
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_grok import api
+from airflow_provider_grok.api import (
+    ConnectionSettings,
+    GeneratedImage,
+    GenerationParams,
+    ImageGenerationResult,
+    RateLimiter,
+    RetryPolicy,
+)
+from airflow_provider_grok.exceptions import (
+    GrokContentFilteredError,
+    GrokError,
+    GrokImageDownloadError,
+    GrokTransportError,
+)
+
+__all__ = ["GeneratedImage", "GrokHook", "ImageGenerationResult"]
+
+# Connections kept per pool: enough for the operator's max_concurrency and for split requests.
+POOL_SIZE = 32
+DOWNLOAD_CHUNK = 1024 * 1024
+# Image hosts answer these for an expired or revoked temporary URL: retrying cannot help.
+EXPIRED_URL_STATUSES = frozenset({401, 403, 404, 410})
+
+
+class GrokHookBase(BaseHook):
+    """
+    What the sync and async Grok hooks share: the connection, its validation and the call parameters.
+
+    :param grok_conn_id: the ``grok`` connection (base URL as host, API key as password).
+    :param max_image_bytes: largest image ``fetch_image`` accepts, bytes (default 50 MiB).
+    :param retry_backoff: first backoff between retries, seconds (doubles each retry, with jitter).
+    """
+
+    conn_name_attr = "grok_conn_id"
+    default_conn_name = "grok_default"
+    conn_type = "grok"
+    hook_name = "Grok Imagine"
+
+    def __init__(
+        self,
+        grok_conn_id: str = default_conn_name,
+        *,
+        max_image_bytes: int = api.DEFAULT_MAX_IMAGE_BYTES,
+        retry_backoff: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.grok_conn_id = grok_conn_id
+        self.max_image_bytes = max_image_bytes
+        self.retry_backoff = retry_backoff
+
+    def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> ConnectionSettings:
+        from airflow.sdk.log import mask_secret
+
+        if conn.password:
+            mask_secret(conn.password)
+        settings, unknown = api.settings_from_connection(conn.host, conn.password, extra, conn.port)
+        if unknown:
+            self.log.warning(
+                "Connection %r has extras this provider does not know and ignores: %s (known: %s).",
+                self.grok_conn_id,
+                ", ".join(unknown),
+                ", ".join(api.CONNECTION_EXTRAS),
+            )
+        return settings
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.settings.max_retries, backoff_base=self.retry_backoff)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.settings.requests_per_second)
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        raise NotImplementedError
+
+    def build_params(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        response_format: str = "url",
+        aspect_ratio: str | None = None,
+        resolution: str | None = None,
+        size: str | None = None,
+        quality: str | None = None,
+        user: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> GenerationParams:
+        """Validate a call, filling the model from the connection; raises before anything is sent."""
+        return GenerationParams(
+            prompt=prompt,
+            model=model or self.settings.model,
+            n=n,
+            response_format=response_format,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            size=size,
+            quality=quality,
+            user=user,
+            extra_body=extra_body,
+        )
+
+    def _log_retry(self, what: str, failure: str, retries_done: int, delay: float) -> None:
+        self.log.warning(
+            "%s failed (%s); retry %d of %d in %.1f s. A retried generation may be billed again.",
+            what,
+            failure,
+            retries_done + 1,
+            self.retry_policy.max_retries,
+            delay,
+        )
+
+    def _finish(self, params: GenerationParams, result: ImageGenerationResult) -> ImageGenerationResult:
+        """Log the outcome; zero images for a prompt is an error, fewer than asked a warning."""
+        if not result.images:
+            raise GrokContentFilteredError(
+                f"The gateway returned no images for the prompt (asked for {params.n}): content moderation "
+                "refused them all, and they may still be billed. Rephrase the prompt.",
+                status=200,
+                request_id=result.request_ids[0] if result.request_ids else None,
+            )
+        if result.filtered_count:
+            self.log.warning(
+                "Content moderation removed %d of %d images (request ids: %s).",
+                result.filtered_count,
+                result.requested,
+                ", ".join(result.request_ids) or "none",
+            )
+        cost = f", cost ${result.cost_usd:.4f}" if result.cost_usd is not None else ""
+        self.log.info("Generated %d of %d images with %s%s.", len(result.images), params.n, params.model, cost)
+        return result
+
+    @staticmethod
+    def _merge_chunks(
+        params: GenerationParams, outcomes: list[ImageGenerationResult | BaseException]
+    ) -> ImageGenerationResult:
+        """Join split requests; if one failed, raise its error carrying what the others produced."""
+        done = [o for o in outcomes if isinstance(o, ImageGenerationResult)]
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            if isinstance(failure, GrokError) and done:
+                failure.partial_result = api.merge_results(done, model=params.model)
+            raise failure
+        return api.merge_results(done, model=params.model)
+
+    @staticmethod
+    def _expired_url_error(image: GeneratedImage, status: int) -> GrokImageDownloadError:
+        return GrokImageDownloadError(
+            f"Image {image.index}: the image host answered HTTP {status} for its URL, which usually means the "
+            "temporary URL expired (they last about an hour). Use response_format='b64_json', or fetch sooner.",
+            status=status,
+        )
+
+
+class GrokHook(GrokHookBase):
+    """
+    Generate images with Grok Imagine over one pooled ``requests.Session``.
+
+    Retries transient failures (408, 409, 429, 5xx, dropped connections) up to the connection's
+    ``max_retries``, honouring ``Retry-After``; splits ``n`` above 10 into concurrent requests; caps
+    request starts at the connection's ``requests_per_second``. The API key is masked in Airflow logs
+    and is only ever sent to the gateway, never to the image host.
+
+    :param grok_conn_id: the ``grok`` connection (base URL as host, API key as password).
+    :param max_image_bytes: largest image ``fetch_image`` accepts, bytes (default 50 MiB).
+    :param retry_backoff: first backoff between retries, seconds (doubles each retry, with jitter).
+    """
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        conn = self.get_connection(self.grok_conn_id)
+        return self._settings_from(conn, conn.extra_dejson)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """The API session. It has no default headers: the key is added per API request only."""
+        return _pooled_session()
+
+    @cached_property
+    def download_session(self) -> requests.Session:
+        """A separate session for image hosts, so no API header can ever reach them."""
+        return _pooled_session()
+
+    def get_conn(self) -> requests.Session:
+        return self.session
+
+    def close(self) -> None:
+        """Close pooled connections (also used by the operator's on_kill to stop in-flight work)."""
+        for name in ("session", "download_session"):
+            if name in self.__dict__:
+                self.__dict__[name].close()
+
+    # --- generation ---
+
+    def generate_images(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        response_format: str = "url",
+        aspect_ratio: str | None = None,
+        resolution: str | None = None,
+        size: str | None = None,
+        quality: str | None = None,
+        user: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> ImageGenerationResult:
+        """
+        Generate ``n`` images for ``prompt``. Only parameters that are set are sent.
+
+        :param prompt: what to draw (non-empty).
+        :param model: model name; defaults to the connection's ``model`` extra, else ``grok-imagine-image``.
+        :param n: number of images, 1-100; above 10 the call is split into concurrent requests of 10.
+        :param response_format: ``url`` (temporary URLs, about an hour) or ``b64_json`` (inline bytes).
+        :param aspect_ratio: e.g. ``16:9`` (xAI and xAI-style gateways).
+        :param resolution: ``1k`` or ``2k`` (xAI and xAI-style gateways).
+        :param size: ``1024x1024``, ``1536x1024`` or ``1024x1536`` (OpenAI-style gateways only).
+        :param quality: ``standard``/``hd`` (OpenAI-style gateways) or ``low``/``medium`` (xAI 2.0 model).
+        :param user: end-user id for the gateway's abuse monitoring.
+        :param extra_body: further JSON fields for gateways that take them.
+        :raises GrokValidationError: before any request, for an invalid parameter.
+        :raises GrokContentFilteredError: when moderation returned no image at all.
+        """
+        params = self.build_params(
+            prompt,
+            model=model,
+            n=n,
+            response_format=response_format,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            size=size,
+            quality=quality,
+            user=user,
+            extra_body=extra_body,
+        )
+        return self.generate(params)
+
+    def generate(self, params: GenerationParams) -> ImageGenerationResult:
+        """Run an already validated :class:`GenerationParams` (see :meth:`generate_images`)."""
+        bodies = params.request_bodies()
+        if len(bodies) == 1:
+            return self._finish(params, self._post_generation(bodies[0]))
+        self.log.info("Splitting n=%d into %d concurrent requests of at most 10.", params.n, len(bodies))
+        with ThreadPoolExecutor(len(bodies), thread_name_prefix="grok-split") as pool:
+            futures = [pool.submit(self._post_generation, body) for body in bodies]
+            outcomes: list[ImageGenerationResult | BaseException] = []
+            for future in futures:
+                error = future.exception()
+                outcomes.append(error if error is not None else future.result())
+        return self._finish(params, self._merge_chunks(params, outcomes))
+
+    def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
+        response = self._call("POST", api.GENERATIONS_PATH, body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = response.text[:200]
+        return api.parse_generation_response(
+            payload, requested=body["n"], request_id=api.request_id_from_headers(response.headers)
+        )
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+        """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
+        settings = self.settings
+        url = settings.url(path)
+        what = f"Grok {method} {url}"
+        retries = 0
+        while True:
+            if wait := self.rate_limiter.reserve():
+                time.sleep(wait)
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    json=body,
+                    headers=settings.api_headers(),
+                    timeout=(settings.connect_timeout, settings.timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as err:
+                failure = api.redact(f"{type(err).__name__}: {err}", settings.api_key)
+                delay = self.retry_policy.delay(retries, status=None)
+                if delay is None:
+                    raise GrokTransportError(
+                        f"{what} got no HTTP answer after {retries + 1} attempts: {failure}. Check the "
+                        "connection's base URL and the network; raise the 'timeout' extra for slow gateways."
+                    ) from None
+            else:
+                if response.ok:
+                    return response
+                failure = f"HTTP {response.status_code}"
+                delay = self.retry_policy.delay(retries, status=response.status_code, headers=response.headers)
+                if delay is None:
+                    raise api.error_from_response(
+                        response.status_code,
+                        response.text,
+                        content_type=response.headers.get("content-type"),
+                        request_id=api.request_id_from_headers(response.headers),
+                        secret=settings.api_key,
+                        attempts=retries + 1,
+                    )
+            self._log_retry(what, failure, retries, delay)
+            time.sleep(delay)
+            retries += 1
+
+    # --- images ---
+
+    def fetch_image(self, image: GeneratedImage) -> bytes:
+        """
+        The image's bytes: decoded from ``b64_json``, or downloaded from ``url`` without any API header.
+
+        Downloads are http(s) only, capped at ``max_image_bytes``, retried on transient faults, and the
+        bytes are verified to be JPEG, PNG or WebP.
+
+        :raises GrokImageDownloadError: expired URL, too large, not an image, or the host keeps failing.
+        """
+        source = f"Image {image.index}"
+        if image.b64_json:
+            return api.decode_b64_image(image.b64_json, source)
+        if not image.url:
+            raise GrokImageDownloadError(f"{source} has neither a URL nor b64_json.")
+        if image.url.startswith("data:"):
+            return api.decode_b64_image(image.url, source)
+        api.check_download_url(image.url, source)
+        retries = 0
+        while True:
+            try:
+                data = self._download(image)
+            except _TransientDownloadError as err:
+                delay = self.retry_policy.delay(retries, status=err.status)
+                if delay is None:
+                    raise GrokImageDownloadError(
+                        f"{source}: download failed after {retries + 1} attempts ({err}).", status=err.status
+                    ) from None
+                self._log_retry(f"Download of {source.lower()}", str(err), retries, delay)
+                time.sleep(delay)
+                retries += 1
+            else:
+                api.verify_image(data, source)
+                return data
+
+    def _download(self, image: GeneratedImage) -> bytes:
+        """One download attempt: bytes, a final GrokImageDownloadError, or a _TransientDownloadError."""
+        assert image.url is not None
+        source = f"Image {image.index}"
+        limit = self.max_image_bytes
+        try:
+            with self.download_session.get(
+                image.url, stream=True, timeout=(self.settings.connect_timeout, self.settings.timeout)
+            ) as response:
+                if response.status_code in EXPIRED_URL_STATUSES:
+                    raise self._expired_url_error(image, response.status_code)
+                if not response.ok:
+                    raise _TransientDownloadError(
+                        f"image host answered HTTP {response.status_code}", response.status_code
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise api.too_large_error(source, limit, int(declared))
+                chunks, size = [], 0
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise api.too_large_error(source, limit)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise _TransientDownloadError(f"{type(err).__name__}: {err}", None) from None
+
+    # --- connection test ---
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check the base URL and the key without generating anything (``GET /v1/models``, which is free).
+
+        401/403 fail with the server's message; a gateway without ``/v1/models`` (404) passes, saying
+        the key could not be verified without spending money.
+        """
+        try:
+            settings = self.settings
+            response = self.session.get(
+                settings.url(api.MODELS_PATH),
+                headers=settings.api_headers(),
+                timeout=(settings.connect_timeout, 30),
+            )
+        except GrokError as err:
+            return False, err.message
+        except requests.RequestException as err:
+            return False, f"Could not reach the gateway: {type(err).__name__}: {err}"
+        return api.connection_test_outcome(
+            response.status_code, response.text, response.headers.get("content-type"), settings
+        )
+
+
+class _TransientDownloadError(Exception):
+    """A download fault worth retrying: a 5xx/429 (``status``) or a transport error (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _pooled_session() -> requests.Session:
+    session = requests.Session()
+    # Retries are ours (billing-aware and logged), so urllib3's own are off.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

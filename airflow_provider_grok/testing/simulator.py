@@ -1,0 +1,494 @@
+"""
+A local Grok Imagine gateway: a real HTTP server on loopback for tests, demos and users' own DAG tests.
+
+It speaks both gateway dialects (``xai``: aspect_ratio/resolution, flat errors, usage with cost ticks;
+``openai``: size/quality, OpenAI-style errors, revised prompts), checks the bearer key, returns real
+JPEG/PNG images, serves image URLs from a second origin that records request headers, keeps a call
+log, and injects faults on demand::
+
+    with GrokSimulator(dialect="xai", latency=0.2) as sim:
+        sim.fail(503, times=2)
+        os.environ["AIRFLOW_CONN_GROK_DEFAULT"] = sim.connection_json()
+        ...
+        assert len(sim.generation_calls) == 3
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from airflow_provider_grok import api
+from airflow_provider_grok.testing.images import FORMATS, image_dimensions, unique_image
+
+Dialect = Literal["xai", "openai"]
+DEFAULT_API_KEY = "sim-key-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+TICKS_PER_IMAGE = 200_000_000  # $0.02, as xAI bills grok-imagine-image
+MODELS = {
+    "xai": ("grok-imagine-image", "grok-imagine-image-pro", "grok-imagine-image-quality", "grok-imagine-image-2.0"),
+    "openai": ("grok-imagine",),
+}
+# Optional fields each dialect accepts; anything else is refused the way that gateway refuses it.
+DIALECT_FIELDS = {
+    "xai": {"aspect_ratio", "resolution", "quality", "user"},
+    "openai": {"size", "quality", "user"},
+}
+CORE = {"prompt", "model", "n", "response_format"}
+
+
+@dataclass
+class RecordedCall:
+    """One request the simulator answered (``status`` None: the connection was dropped on purpose)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int | None
+    started: float
+    finished: float
+
+    @property
+    def prompt(self) -> str | None:
+        return self.body.get("prompt") if isinstance(self.body, dict) else None
+
+
+@dataclass
+class _Fault:
+    kind: str  # error | drop | moderate | delay
+    remaining: int | None  # None: forever
+    prompt_contains: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, prompt: str) -> bool:
+        return (self.remaining is None or self.remaining > 0) and (
+            self.prompt_contains is None or self.prompt_contains in prompt
+        )
+
+
+class GrokSimulator:
+    """
+    Local Grok Imagine gateway on two loopback ports (API and image host). Use as a context manager.
+
+    :param dialect: ``xai`` (xAI and gateway 000) or ``openai`` (gateway 003).
+    :param api_key: the bearer key the simulator accepts.
+    :param latency: seconds each generation takes.
+    :param max_concurrent: generations in flight at once; beyond it the simulator answers 429.
+    :param image_format: ``jpeg`` or ``png``.
+    :param b64_prefix: send ``b64_json`` with a ``data:image/...;base64,`` prefix.
+    :param models_endpoint: serve ``GET /v1/models`` (False: 404, like gateways without it).
+    """
+
+    def __init__(
+        self,
+        *,
+        dialect: Dialect = "xai",
+        api_key: str = DEFAULT_API_KEY,
+        latency: float = 0.0,
+        max_concurrent: int | None = None,
+        image_format: str = "jpeg",
+        b64_prefix: bool = False,
+        models_endpoint: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        image_port: int = 0,
+    ) -> None:
+        if dialect not in MODELS:
+            raise ValueError(f"dialect must be 'xai' or 'openai', not {dialect!r}")
+        if image_format not in FORMATS:
+            raise ValueError(f"image_format must be one of {', '.join(FORMATS)}, not {image_format!r}")
+        self.dialect = dialect
+        self.api_key = api_key
+        self.latency = latency
+        self.max_concurrent = max_concurrent
+        self.image_format = image_format
+        self.b64_prefix = b64_prefix
+        self.models_endpoint = models_endpoint
+        self.calls: list[RecordedCall] = []
+        self.image_requests: list[RecordedCall] = []
+        self.peak_concurrency = 0
+        self._bind = (host, port, image_port)
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._download_faults: list[_Fault] = []
+        self._issued: dict[str, tuple[int, int, str, str, int]] = {}
+        self._in_flight = 0
+        self._ids = itertools.count(1)
+        self._servers: list[_SimulatorServer] = []
+
+    # --- lifecycle ---
+
+    def start(self) -> GrokSimulator:
+        host, port, image_port = self._bind
+        self._servers = [_SimulatorServer(self, "api", host, port), _SimulatorServer(self, "images", host, image_port)]
+        for server in self._servers:
+            threading.Thread(
+                target=server.serve_forever, args=(0.05,), name=f"grok-sim-{server.role}", daemon=True
+            ).start()
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers = []
+
+    def __enter__(self) -> GrokSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The API origin, e.g. ``http://127.0.0.1:54321`` (append ``/v1`` for OpenAI-SDK style)."""
+        return f"http://{self._bind[0]}:{self._servers[0].server_port}"
+
+    @property
+    def image_base_url(self) -> str:
+        return f"http://{self._bind[0]}:{self._servers[1].server_port}"
+
+    def connection_json(self, *, base_suffix: str = "", api_key: str | None = None, **extra: Any) -> str:
+        """A ``grok`` connection in Airflow's JSON form, for ``AIRFLOW_CONN_<ID>``."""
+        conn: dict[str, Any] = {
+            "conn_type": "grok",
+            "host": self.base_url + base_suffix,
+            "password": self.api_key if api_key is None else api_key,
+        }
+        if extra:
+            conn["extra"] = extra
+        return json.dumps(conn)
+
+    # --- fault injection ---
+
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int | None = 1,
+        message: str | None = None,
+        body_style: Literal["json", "html", "text"] = "json",
+        retry_after: str | float | None = None,
+        retry_after_ms: int | None = None,
+        prompt_contains: str | None = None,
+    ) -> None:
+        """Answer the next ``times`` generations (None: all) with ``status`` and a dialect-style error body."""
+        self._add(
+            self._faults,
+            "error",
+            times,
+            prompt_contains,
+            status=status,
+            message=message,
+            body_style=body_style,
+            retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
+        )
+
+    def drop_connections(self, *, times: int | None = 1, prompt_contains: str | None = None) -> None:
+        """Read the request, then close the socket without answering."""
+        self._add(self._faults, "drop", times, prompt_contains)
+
+    def moderate(self, *, keep: int = 0, times: int | None = None, prompt_contains: str | None = None) -> None:
+        """Answer 200 with only ``keep`` images (content moderation); usage still bills all of ``n``."""
+        self._add(self._faults, "moderate", times, prompt_contains, keep=keep)
+
+    def slow_down(self, seconds: float, *, times: int | None = None, prompt_contains: str | None = None) -> None:
+        """Add ``seconds`` of latency to matching generations."""
+        self._add(self._faults, "delay", times, prompt_contains, seconds=seconds)
+
+    def fail_downloads(self, status: int, *, times: int | None = 1) -> None:
+        """The image host answers ``status`` to the next ``times`` downloads."""
+        self._add(self._download_faults, "error", times, None, status=status)
+
+    def serve_non_images(self, *, times: int | None = 1) -> None:
+        """The image host answers 200 with an HTML page instead of an image."""
+        self._add(self._download_faults, "non_image", times, None)
+
+    def expire_urls(self) -> None:
+        """Every URL issued so far now answers 403, as an expired temporary URL does."""
+        with self._lock:
+            self._issued.clear()
+
+    def reset(self) -> None:
+        """Forget faults and logs (keeps the ports)."""
+        with self._lock:
+            self._faults.clear()
+            self._download_faults.clear()
+            self.calls.clear()
+            self.image_requests.clear()
+            self.peak_concurrency = 0
+
+    @property
+    def generation_calls(self) -> list[RecordedCall]:
+        return [c for c in self.calls if c.method == "POST" and c.path.endswith("/images/generations")]
+
+    def _add(self, faults: list[_Fault], kind: str, times: int | None, prompt: str | None, **params: Any) -> None:
+        with self._lock:
+            faults.append(_Fault(kind, times, prompt, params))
+
+    def _take_fault(self, faults: list[_Fault], prompt: str, kinds: frozenset[str] | None = None) -> _Fault | None:
+        """Consume the first matching fault of ``kinds`` (latency faults combine with the others)."""
+        with self._lock:
+            for fault in faults:
+                if (kinds is None or fault.kind in kinds) and fault.matches(prompt):
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                    return fault
+        return None
+
+    # --- API behaviour ---
+
+    def error_body(self, status: int, message: str, param: str | None = None) -> dict[str, Any]:
+        if self.dialect == "xai":
+            return {"code": "Client specified an invalid argument" if status == 400 else str(status), "error": message}
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+    def check_key(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
+        sent = api.header(headers, "authorization") or ""
+        if sent == f"Bearer {self.api_key}":
+            return None
+        shown = sent.removeprefix("Bearer ")
+        shown = f"{shown[:2]}***{shown[-2:]}" if len(shown) > 4 else "***"
+        if self.dialect == "xai":  # xAI answers 400, not 401, for a wrong key
+            return 400, self.error_body(400, f"Incorrect API key provided: {shown}. Obtain one at console.x.ai.")
+        return 401, self.error_body(401, f"Incorrect API key provided: {shown}.")
+
+    def validate(self, body: Any) -> tuple[int, dict[str, Any]] | None:
+        if not isinstance(body, dict):
+            return 400, self.error_body(400, "Request body must be a JSON object.")
+        unknown = sorted(set(body) - CORE - DIALECT_FIELDS[self.dialect])
+        if unknown:
+            if self.dialect == "xai":
+                return 400, self.error_body(400, f"Argument not supported: {unknown[0]}")
+            return 400, self.error_body(400, f"Unknown parameter: '{unknown[0]}'.", unknown[0])
+        if not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
+            return 400, self.error_body(400, "prompt is required", "prompt")
+        if body.get("model") not in MODELS[self.dialect]:
+            return 404, self.error_body(404, f"The model {body.get('model')!r} does not exist.", "model")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= api.MAX_IMAGES_PER_REQUEST:
+            return 400, self.error_body(400, f"n must be between 1 and 10, got {n!r}", "n")
+        checks = {
+            "response_format": api.RESPONSE_FORMATS,
+            "aspect_ratio": api.ASPECT_RATIOS,
+            "resolution": api.RESOLUTIONS,
+            "size": api.SIZES,
+            "quality": ("low", "medium") if self.dialect == "xai" else ("standard", "hd"),
+        }
+        for name, allowed in checks.items():
+            if name in body and body[name] not in allowed:
+                return 400, self.error_body(400, f"Invalid value for {name}: {body[name]!r}", name)
+        return None
+
+    def generate(self, body: dict[str, Any], request_id: str, keep: int | None) -> dict[str, Any]:
+        n = body.get("n", 1)
+        width, height = image_dimensions(body.get("aspect_ratio"), body.get("resolution"), body.get("size"))
+        mime = FORMATS[self.image_format]
+        digest = hashlib.sha256(body["prompt"].encode()).hexdigest()[:12]
+        look = int(digest, 16)
+        items = []
+        for i in range(n if keep is None else min(keep, n)):
+            label = f"grok-simulator {request_id} image {i} prompt {digest}"
+            item: dict[str, Any] = {}
+            if body.get("response_format", "url") == "b64_json":
+                encoded = base64.b64encode(unique_image(width, height, self.image_format, label, look)).decode()
+                item["b64_json"] = f"data:{mime};base64,{encoded}" if self.b64_prefix else encoded
+            else:
+                token = hashlib.sha256(f"{label} {time.time_ns()}".encode()).hexdigest()[:24]
+                with self._lock:
+                    self._issued[token] = (width, height, self.image_format, label, look)
+                ext = "jpg" if self.image_format == "jpeg" else "png"
+                item["url"] = f"{self.image_base_url}/images/{token}.{ext}"
+            if self.dialect == "openai":
+                item["revised_prompt"] = f"A detailed, vivid rendering of: {body['prompt']}"
+            else:
+                item["mime_type"] = mime
+            items.append(item)
+        payload: dict[str, Any] = {"created": int(time.time()), "data": items}
+        if self.dialect == "xai":
+            payload["usage"] = {"cost_in_usd_ticks": TICKS_PER_IMAGE * n}  # moderation is still billed
+        return payload
+
+    def issued_image(self, token: str) -> tuple[int, int, str, str, int] | None:
+        with self._lock:
+            return self._issued.get(token)
+
+
+class _SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sim: GrokSimulator, role: str, host: str, port: int) -> None:
+        super().__init__((host, port), _Handler)
+        self.sim = sim
+        self.role = role  # "api" or "images"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so pooled clients reuse connections
+    server_version = "GrokSimulator/1.0"
+
+    server: _SimulatorServer
+
+    @property
+    def sim(self) -> GrokSimulator:
+        return self.server.sim
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the call log replaces access logs
+
+    def do_GET(self) -> None:
+        if self.server.role == "images":
+            self._serve_image()
+        else:
+            self._api("GET")
+
+    def do_POST(self) -> None:
+        self._api("POST")
+
+    # --- API origin ---
+
+    def _api(self, method: str) -> None:
+        started = time.monotonic()
+        headers = dict(self.headers.items())
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        request_id = f"sim-{next(self.sim._ids)}"
+        self._record = RecordedCall(method, self.path, headers, body, None, started, started)
+        self._log = self.sim.calls
+        self._answer_api(method, body, headers, request_id)
+
+    def _answer_api(self, method: str, body: Any, headers: dict[str, str], request_id: str) -> int | None:
+        sim = self.sim
+        path = self.path.split("?")[0]
+        if method == "GET" and path == "/v1/models" and sim.models_endpoint:
+            if refusal := sim.check_key(headers):
+                return self._json(*refusal, request_id=request_id)
+            models = [{"id": m, "object": "model", "owned_by": "xai"} for m in MODELS[sim.dialect]]
+            return self._json(200, {"object": "list", "data": models}, request_id=request_id)
+        if method != "POST" or path != "/v1/images/generations":
+            return self._json(404, sim.error_body(404, f"No route for {method} {path}"), request_id=request_id)
+        if refusal := sim.check_key(headers) or sim.validate(body):
+            return self._json(*refusal, request_id=request_id)
+        with sim._lock:
+            if sim.max_concurrent is not None and sim._in_flight >= sim.max_concurrent:
+                over_cap = True
+            else:
+                over_cap = False
+                sim._in_flight += 1
+                sim.peak_concurrency = max(sim.peak_concurrency, sim._in_flight)
+        if over_cap:
+            message = f"Too many concurrent requests (limit {sim.max_concurrent})."
+            return self._json(429, sim.error_body(429, message), request_id=request_id, extra={"Retry-After": "1"})
+        try:
+            return self._generate(body, request_id)
+        finally:
+            with sim._lock:
+                sim._in_flight -= 1
+
+    def _generate(self, body: dict[str, Any], request_id: str) -> int | None:
+        sim = self.sim
+        slow = sim._take_fault(sim._faults, body["prompt"], frozenset({"delay"}))
+        fault = sim._take_fault(sim._faults, body["prompt"], frozenset({"error", "drop", "moderate"}))
+        delay = sim.latency + (slow.params["seconds"] if slow else 0)
+        if delay:
+            time.sleep(delay)
+        if fault and fault.kind == "drop":
+            self._commit_record(None)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if fault and fault.kind == "error":
+            return self._injected_error(fault.params, request_id)
+        keep = fault.params["keep"] if fault and fault.kind == "moderate" else None
+        return self._json(200, sim.generate(body, request_id, keep), request_id=request_id)
+
+    def _injected_error(self, params: dict[str, Any], request_id: str) -> int:
+        status = params["status"]
+        message = params["message"] or {
+            429: "Rate limit exceeded. Please slow down.",
+            400: "Generated image rejected by content moderation.",
+        }.get(status, f"Upstream service failed (simulated {status}).")
+        extra = {}
+        if params["retry_after"] is not None:
+            extra["Retry-After"] = str(params["retry_after"])
+        if params["retry_after_ms"] is not None:
+            extra["retry-after-ms"] = str(params["retry_after_ms"])
+        style = params["body_style"]
+        if style == "html":
+            page = f"<html><head><title>{status} Bad Gateway</title></head><body><h1>{message}</h1></body></html>"
+            return self._send(status, page.encode(), "text/html", request_id=request_id, extra=extra)
+        if style == "text":
+            return self._send(status, message.encode(), "text/plain", request_id=request_id, extra=extra)
+        return self._json(status, self.sim.error_body(status, message), request_id=request_id, extra=extra)
+
+    # --- image origin ---
+
+    def _serve_image(self) -> None:
+        started = time.monotonic()
+        self._record = RecordedCall("GET", self.path, dict(self.headers.items()), None, None, started, started)
+        self._log = self.sim.image_requests
+        self._answer_image()
+
+    def _answer_image(self) -> int:
+        sim = self.sim
+        token = self.path.rsplit("/", 1)[-1].split(".")[0]
+        fault = sim._take_fault(sim._download_faults, "")
+        if fault and fault.kind == "error":
+            return self._send(fault.params["status"], b"simulated image host fault", "text/plain")
+        if fault and fault.kind == "non_image":
+            return self._send(200, b"<html><body>Not an image</body></html>", "text/html")
+        issued = sim.issued_image(token)
+        if issued is None:
+            expired = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            return self._send(403, expired, "application/xml")
+        width, height, fmt, label, look = issued
+        return self._send(200, unique_image(width, height, fmt, label, look), FORMATS[fmt])
+
+    # --- writing ---
+
+    def _commit_record(self, status: int | None) -> None:
+        """Log the call before answering, so a client that has its answer always finds it in the log."""
+        self._record.status = status
+        self._record.finished = time.monotonic()
+        self._log.append(self._record)
+
+    def _json(
+        self, status: int, payload: Any, *, request_id: str | None = None, extra: dict[str, str] | None = None
+    ) -> int:
+        return self._send(status, json.dumps(payload).encode(), "application/json", request_id=request_id, extra=extra)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        request_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> int:
+        self._commit_record(status)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if request_id:
+            self.send_header("x-request-id", request_id)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: nothing to do
+            self.wfile.write(body)
+        return status

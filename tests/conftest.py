@@ -1,0 +1,55 @@
+"""Test-wide setup: a private AIRFLOW_HOME (set before Airflow is imported) and simulator fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="grok-tests-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# Tests never reach real AWS: credentials exist only so botocore signs requests for moto.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from airflow_provider_grok.testing import GrokSimulator  # noqa: E402
+
+pytest_plugins = ["airflow_provider_grok.testing.pytest_plugin"]
+
+
+@pytest.fixture(params=["xai", "openai"])
+def dialect(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def sim(dialect: str) -> Iterator[GrokSimulator]:
+    with GrokSimulator(dialect=dialect) as simulator:  # type: ignore[arg-type]
+        yield simulator
+
+
+@pytest.fixture
+def xai_sim() -> Iterator[GrokSimulator]:
+    with GrokSimulator(dialect="xai") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def make_conn(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Register a grok connection for a simulator under a fresh id (env form, as users do); return the id."""
+    counter = iter(range(10_000))
+
+    def make(sim: GrokSimulator, *, base_suffix: str = "", api_key: str | None = None, **extra: Any) -> str:
+        conn_id = f"grok_test_{next(counter)}"
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}", sim.connection_json(base_suffix=base_suffix, api_key=api_key, **extra)
+        )
+        return conn_id
+
+    return make

@@ -1,0 +1,92 @@
+"""The provider as Airflow sees it: discovery, the connection form, the env-var connection, import weight."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_grok import __version__
+from airflow_provider_grok.get_provider_info import get_provider_info
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def test_provider_info_matches_airflows_schema_and_distribution():
+    import airflow
+    import jsonschema
+
+    info = get_provider_info()
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(info, schema)
+    yaml_schema = json.loads((Path(airflow.__file__).parent / "provider.yaml.schema.json").read_text())
+    jsonschema.validate(
+        info["connection-types"], yaml_schema["properties"]["connection-types"]
+    )  # conn-fields and ui-field-behaviour as the 3.2+ UI reads them
+    dist = metadata.distribution("airflow-provider-grok")
+    assert info["package-name"] == dist.metadata["Name"] == "airflow-provider-grok"
+    assert info["versions"] == [__version__] == [dist.version]
+    entry_points = [ep for ep in dist.entry_points if ep.group == "apache_airflow_provider"]
+    assert [ep.value for ep in entry_points] == ["airflow_provider_grok.get_provider_info:get_provider_info"]
+
+
+def test_connection_form_declaration():
+    (conn,) = get_provider_info()["connection-types"]
+    assert conn["connection-type"] == "grok"
+    behaviour = conn["ui-field-behaviour"]
+    assert sorted(behaviour["hidden-fields"]) == ["login", "port", "schema"]
+    assert behaviour["relabeling"] == {"host": "Gateway base URL", "password": "API key"}
+    assert behaviour["placeholders"]["host"].startswith("https://api.x.ai")
+    fields = conn["conn-fields"]
+    assert list(fields) == ["model", "timeout", "max_retries", "requests_per_second", "extra_headers"]
+    for name, field in fields.items():
+        assert field["label"] and field["description"], name
+        assert "type" in field["schema"] and "default" in field["schema"], name
+
+
+@pytest.mark.filterwarnings("error")
+def test_providers_manager_loads_the_form_without_deprecation():
+    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    manager = ProvidersManager()
+    assert manager.providers["airflow-provider-grok"].version == __version__
+    hook = ProvidersManagerTaskRuntime().hooks["grok"]
+    assert hook is not None and hook.hook_class_name == "airflow_provider_grok.hooks.grok.GrokHook"
+    widgets = manager.connection_form_widgets
+    assert widgets["extra__grok__timeout"].field["schema"]["title"] == "Read timeout (s)"
+    behaviour = manager.field_behaviours["grok"]
+    assert behaviour["relabeling"]["host"] == "Gateway base URL"
+
+
+@pytest.mark.parametrize(("command", "expected"), [("list", "airflow-provider-grok"), ("hooks", "GrokHook")])
+def test_airflow_cli_lists_the_provider(command, expected):
+    out = subprocess.run([AIRFLOW, "providers", command], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if expected in line)
+    assert "grok" in line
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_package_import_is_light():
+    loaded = imported_after("import airflow_provider_grok")
+    assert not {"airflow", "requests", "httpx", "boto3", "PIL"} & loaded
+
+
+def test_hook_import_pulls_in_no_boto3_or_pil():
+    loaded = imported_after("import airflow_provider_grok.hooks.grok")
+    assert "requests" in loaded  # sanity: the import really happened
+    assert not {"boto3", "botocore", "PIL"} & loaded
+
+
+def test_provider_info_import_is_light():
+    loaded = imported_after("from airflow_provider_grok.get_provider_info import get_provider_info")
+    assert not {"airflow", "requests", "httpx", "boto3"} & loaded
