@@ -89,3 +89,11 @@ class GrokResponseError(GrokError):
 
 class GrokImageDownloadError(GrokError):
     """A generated image could not be fetched or decoded: expired URL, too large, or not an image."""
+
+
+class GrokStorageError(GrokError):
+    """Storing images or the manifest in S3 failed (missing bucket, access denied, upload error)."""
+
+
+class GrokIncompleteError(GrokError):
+    """Some prompts produced no stored images. What was stored stays in S3 and in the manifest."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="grok-tests-airflow-home-")
+DAGS_FOLDER = Path(_AIRFLOW_HOME) / "dags"
+DAGS_FOLDER.mkdir()
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_FOLDER)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 # Tests never reach real AWS: credentials exist only so botocore signs requests for moto.
@@ -19,8 +23,35 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from airflow_provider_grok.testing import GrokSimulator  # noqa: E402
+from tests.support import DagRunner, MotoS3  # noqa: E402
 
 pytest_plugins = ["airflow_provider_grok.testing.pytest_plugin"]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoS3]:
+    """One moto S3 server on loopback for the session, reached over real HTTP by boto3."""
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    """A fresh bucket, with AIRFLOW_CONN_AWS_DEFAULT pointing at the moto server."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.connection_json())
+    moto_server.new_bucket()
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """`airflow db migrate` once per session on the private AIRFLOW_HOME (SQLite)."""
+    DagRunner.migrate()
+
+
+@pytest.fixture
+def dag_runner(airflow_db: None, tmp_path: Path) -> DagRunner:
+    return DagRunner(DAGS_FOLDER)
 
 
 @pytest.fixture(params=["xai", "openai"])

@@ -71,9 +71,10 @@ def test_airflow_cli_lists_the_provider(command, expected):
 
 
 def imported_after(statement: str) -> set[str]:
-    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    code = f"import json, sys; {statement}; print('MODULES=' + json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    line = next(line for line in out.splitlines() if line.startswith("MODULES="))  # Airflow may log to stdout
+    return set(json.loads(line.removeprefix("MODULES=")))
 
 
 def test_package_import_is_light():
@@ -90,3 +91,13 @@ def test_hook_import_pulls_in_no_boto3_or_pil():
 def test_provider_info_import_is_light():
     loaded = imported_after("from airflow_provider_grok.get_provider_info import get_provider_info")
     assert not {"airflow", "requests", "httpx", "boto3"} & loaded
+
+
+def test_operator_import_adds_nothing_heavy_at_dag_parse_time():
+    baseline = imported_after("from airflow.sdk import BaseOperator, BaseOperatorLink")
+    loaded = imported_after("import airflow_provider_grok.operators.grok")
+    added = {m for m in loaded - baseline if not m.startswith("airflow_provider_grok")}
+    assert added == set()  # nothing beyond what airflow.sdk's BaseOperator already loads
+    assert not {"requests", "boto3", "botocore", "PIL", "airflow.providers.amazon.aws.hooks.s3"} & loaded
+    # httpx is loaded by airflow.sdk itself (its API client), so it is not ours to avoid.
+    assert "httpx" in baseline

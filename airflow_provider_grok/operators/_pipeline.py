@@ -1,0 +1,335 @@
+"""
+The work of one GrokGenerateImagesOperator task instance: plan, generate, store, record.
+
+Imported by the operator at run time only (it pulls in requests and boto3). Both the sync path and the
+deferred path (the trigger generates, the worker stores) go through :meth:`GenerationPipeline.store_result`,
+so an image is fetched, checked, uploaded and recorded the same way whichever path produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_provider_grok import __version__, api
+from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
+from airflow_provider_grok.exceptions import (
+    GrokAuthError,
+    GrokContentFilteredError,
+    GrokError,
+    GrokImageDownloadError,
+    GrokIncompleteError,
+    GrokNotFoundError,
+    GrokStorageError,
+)
+from airflow_provider_grok.hooks.grok import GrokHook
+from airflow_provider_grok.storage import (
+    MANIFEST_VERSION,
+    PromptRecord,
+    S3ImageStore,
+    StoredImage,
+    fingerprint,
+    image_key,
+    settle_status,
+    sum_usage,
+)
+
+# Errors that will hit every other prompt the same way: stop instead of paying for nothing.
+FATAL_ERRORS = (GrokAuthError, GrokNotFoundError)
+CHECKPOINT_SECONDS = 5.0  # how often the manifest is rewritten while work is in progress
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request: ``count`` (<= 10) images of one prompt, numbered from ``first_image_index``."""
+
+    prompt_index: int
+    first_image_index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    try_number: int
+
+
+class GenerationPipeline:
+    """
+    Turn prompts into stored images for one task instance, reusing what earlier tries stored.
+
+    :param params: one validated request per prompt (``n`` is the images wanted for that prompt).
+    :param request: the request parameters as the user set them, for the manifest and fingerprints.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: Sequence[GenerationParams],
+        request: dict[str, Any],
+        hook: GrokHook,
+        store: S3ImageStore,
+        identity: TaskIdentity,
+        max_concurrency: int,
+        allow_partial: bool,
+        log: logging.Logger | Any,
+    ) -> None:
+        self.params = list(params)
+        self.request = request
+        self.hook = hook
+        self.store = store
+        self.identity = identity
+        self.max_concurrency = max_concurrency
+        self.allow_partial = allow_partial
+        self.log = log
+        self.records = [
+            PromptRecord(i, p.prompt, fingerprint(p.prompt, request), p.n) for i, p in enumerate(self.params)
+        ]
+        self.reused = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._in_flight: dict[int, int] = {}
+        self._last_checkpoint = 0.0
+
+    # --- planning ---
+
+    def load_previous(self, manifest: dict[str, Any] | None) -> None:
+        """Adopt what an earlier try of this task instance stored, if its objects are still in S3."""
+        if manifest is None:
+            return
+        owner = (manifest.get("dag_id"), manifest.get("task_id"), manifest.get("map_index"))
+        mine = (self.identity.dag_id, self.identity.task_id, self.identity.map_index)
+        if owner != mine:
+            raise GrokStorageError(
+                f"{self.store.uri(self.store.manifest_key)} belongs to another task (dag {owner[0]!r}, task "
+                f"{owner[1]!r}, map index {owner[2]}); give this task its own s3_key_prefix so neither "
+                "overwrites the other's images."
+            )
+        previous = [PromptRecord.from_json(r) for r in manifest.get("prompts", [])]
+        sizes = self.store.existing_sizes(i.key for r in previous for i in r.images)
+        for old in previous:
+            if old.prompt_index >= len(self.records) or old.fingerprint != self.records[old.prompt_index].fingerprint:
+                continue  # the prompt or its parameters changed since: generate afresh
+            record = self.records[old.prompt_index]
+            record.images = [i for i in old.images if sizes.get(i.key) == i.size_bytes]
+            record.request_ids = old.request_ids
+            record.usage = old.usage
+            if old.status in ("complete", "partial") or (old.status == "filtered" and self.allow_partial):
+                record.filtered = old.filtered
+            self.reused += len(record.images)
+        if self.reused:
+            self.log.info(
+                "Found %d images stored by an earlier try in %s.", self.reused, self.store.uri(self.store.prefix)
+            )
+
+    def pending_jobs(self) -> list[Job]:
+        """The requests still needed: only the images not already stored (or removed by moderation)."""
+        jobs = []
+        for record in self.records:
+            start = record.next_image_index()
+            for count in api.split_n(record.missing) if record.missing else []:
+                jobs.append(Job(record.prompt_index, start, count))
+                start += count
+        return jobs
+
+    # --- generating (sync path) ---
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Generate and store ``jobs`` with at most ``max_concurrency`` requests in flight."""
+        self.log.info(
+            "Generating %d images for %d prompts in %d requests (at most %d in flight).",
+            sum(j.count for j in jobs),
+            len({j.prompt_index for j in jobs}),
+            len(jobs),
+            self.max_concurrency,
+        )
+        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
+            futures = [pool.submit(self._run_job, job) for job in jobs]
+            for future in as_completed(futures):
+                future.result()
+                self._log_progress()
+                self.checkpoint()
+
+    def stop(self) -> None:
+        """Start no further requests (on_kill); requests in flight finish or are cut by closing sessions."""
+        self._stop.set()
+        self.hook.close()
+
+    def _run_job(self, job: Job) -> None:
+        if self._stop.is_set():
+            self.record_failure(job, "not attempted: the task was stopped or an earlier error made it pointless")
+            return
+        with self._lock:
+            self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
+        try:
+            result = self.hook.generate(self.params[job.prompt_index].with_n(job.count))
+        except GrokContentFilteredError as err:
+            self.record_filtered(job, err)
+        except GrokError as err:
+            self.record_failure(job, err.message)
+            if isinstance(err, FATAL_ERRORS):
+                self._stop.set()
+        else:
+            self.store_result(job, result)
+        finally:
+            with self._lock:
+                self._in_flight[job.prompt_index] -= 1
+
+    # --- recording (both paths) ---
+
+    def store_result(
+        self, job: Job, result: ImageGenerationResult, fetch: Callable[[api.GeneratedImage], bytes] | None = None
+    ) -> None:
+        """Fetch, verify, upload and record each image of one request as it comes (one image in memory)."""
+        fetch = fetch or self.hook.fetch_image
+        record = self.records[job.prompt_index]
+        with self._lock:
+            record.request_ids.extend(result.request_ids)
+            if result.usage:
+                record.usage.append(result.usage)
+            record.filtered += result.filtered_count
+        if result.filtered_count:
+            self.log.warning(
+                "Prompt %d: content moderation removed %d of %d images.",
+                job.prompt_index,
+                result.filtered_count,
+                job.count,
+            )
+        for image in result.images:
+            index = job.first_image_index + image.index
+            try:
+                data = fetch(image)
+                kind = api.verify_image(data, f"Image {index} of prompt {job.prompt_index}")
+                key = image_key(self.store.prefix, job.prompt_index, index, kind.extension)
+                metadata = {
+                    "prompt-index": job.prompt_index,
+                    "image-index": index,
+                    "model": result.model or self.params[job.prompt_index].model,
+                    "generator": f"airflow-provider-grok/{__version__}",
+                    "dag-id": self.identity.dag_id,
+                    "task-id": self.identity.task_id,
+                }
+                digest = self.store.put_image(key, data, kind.mime_type, metadata)
+            except (GrokImageDownloadError, GrokStorageError) as err:
+                self._not_stored(record, index, image.url, err.message)
+                continue
+            stored = StoredImage(
+                s3_uri=self.store.uri(key),
+                bucket=self.store.bucket,
+                key=key,
+                content_type=kind.mime_type,
+                size_bytes=len(data),
+                sha256=digest,
+                prompt=record.prompt,
+                revised_prompt=image.revised_prompt,
+                model=result.model or self.params[job.prompt_index].model,
+                prompt_index=job.prompt_index,
+                image_index=index,
+            )
+            del data
+            with self._lock:
+                record.images = [i for i in record.images if i.image_index != index] + [stored]
+
+    def record_filtered(self, job: Job, err: GrokContentFilteredError) -> None:
+        self.log.warning("Prompt %d: %s", job.prompt_index, err.message)
+        with self._lock:
+            self.records[job.prompt_index].filtered += job.count
+            if err.request_id:
+                self.records[job.prompt_index].request_ids.append(err.request_id)
+
+    def record_failure(self, job: Job, message: str) -> None:
+        self.log.error("Prompt %d (%d images) failed: %s", job.prompt_index, job.count, message)
+        with self._lock:
+            self.records[job.prompt_index].error = message
+
+    def _not_stored(self, record: PromptRecord, index: int, url: str | None, message: str) -> None:
+        self.log.error("Image %d of prompt %d was generated but not stored: %s", index, record.prompt_index, message)
+        with self._lock:
+            record.not_stored.append({"image_index": index, "url": url, "error": message})
+            record.error = record.error or f"image {index} not stored: {message}"
+
+    # --- reporting ---
+
+    def _log_progress(self) -> None:
+        with self._lock:
+            stored = sum(len(r.images) for r in self.records)
+            wanted = sum(r.requested for r in self.records)
+            in_flight = sum(1 for n in self._in_flight.values() if n)
+        self.log.info("%d/%d images stored, %d prompts in flight.", stored, wanted, in_flight)
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Rewrite the manifest while work goes on, so a crash loses no record of what was stored."""
+        now = time.monotonic()
+        if force or now - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self._last_checkpoint = now
+            self.store.write_manifest(self.manifest("in_progress"))
+
+    def manifest(self, status: str) -> dict[str, Any]:
+        with self._lock:
+            records = [r.to_json() for r in self.records]
+            usage = sum_usage(self.records)
+            request_ids = [rid for r in self.records for rid in r.request_ids]
+        ticks = (usage or {}).get("cost_in_usd_ticks")
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "generator": f"airflow-provider-grok/{__version__}",
+            "status": status,
+            "updated_at": datetime.now(UTC).isoformat(),
+            "dag_id": self.identity.dag_id,
+            "task_id": self.identity.task_id,
+            "run_id": self.identity.run_id,
+            "map_index": self.identity.map_index,
+            "try_number": self.identity.try_number,
+            "bucket": self.store.bucket,
+            "prefix": self.store.prefix,
+            "request": self.request,
+            "summary": {
+                "prompts": len(records),
+                "images_requested": sum(r["requested"] for r in records),
+                "images_stored": sum(len(r["images"]) for r in records),
+                "images_filtered": sum(r["filtered"] for r in records),
+                "prompts_failed": [r["prompt_index"] for r in records if r["status"] == "failed"],
+            },
+            "usage": usage,
+            "cost_usd": ticks / api.USD_TICKS if isinstance(ticks, int | float) else None,
+            "request_ids": request_ids,
+            "prompts": records,
+        }
+
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Settle each prompt, write the final manifest, and return (XCom list, manifest). Raise if incomplete."""
+        for record in self.records:
+            settle_status(record, allow_partial=self.allow_partial)
+        statuses = {r.status for r in self.records}
+        status = "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
+        manifest = self.manifest(status)
+        self.store.write_manifest(manifest)
+        images = sorted((i for r in self.records for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
+        xcom = [i.to_xcom() for i in images]
+        self.log.info(
+            "Stored %d images (%d reused from an earlier try); manifest %s.",
+            len(xcom),
+            self.reused,
+            self.store.uri(self.store.manifest_key),
+        )
+        failed = [r for r in self.records if r.status == "failed"]
+        if failed:
+            lines = [
+                f"prompt {r.prompt_index} ({r.prompt[:60]!r}): {len(r.images)}/{r.requested} stored; {r.error}"
+                for r in failed
+            ]
+            raise GrokIncompleteError(
+                f"{len(failed)} of {len(self.records)} prompts are incomplete; the {len(xcom)} images that were "
+                f"stored stay in S3 and in {self.store.uri(self.store.manifest_key)}, and a retry generates only "
+                "what is missing.\n  " + "\n  ".join(lines)
+            )
+        return xcom, manifest
