@@ -147,16 +147,21 @@ class PromptRecord:
 
 
 def settle_status(record: PromptRecord, *, allow_partial: bool) -> None:
-    """Set a record's status from its counts once its generation has run."""
-    if record.error and not record.images:
+    """Set a record's status (and, for a failure, its reason) once its generation has run."""
+    if record.missing:
         record.status = "failed"
-    elif record.missing:
-        record.status = "failed" if record.error else "partial"
+        if record.error is None:
+            if record.not_stored:
+                last = record.not_stored[-1]["error"]
+                record.error = f"{len(record.not_stored)} generated images were not stored (last: {last})"
+            else:
+                record.error = f"{record.missing} images were not generated"
     elif not record.images:
         record.status = "filtered" if allow_partial else "failed"
-        record.error = record.error or "content moderation returned no images"
+        if not allow_partial:
+            record.error = record.error or "content moderation returned no images (allow_partial=False)"
     else:
-        record.status = "complete" if not record.filtered else "partial"
+        record.status = "partial" if record.filtered else "complete"
 
 
 def sum_usage(records: Iterable[PromptRecord]) -> dict[str, Any] | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
+import httpx
 import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
@@ -28,7 +30,7 @@ from airflow_provider_grok.exceptions import (
     GrokTransportError,
 )
 
-__all__ = ["GeneratedImage", "GrokHook", "ImageGenerationResult"]
+__all__ = ["GeneratedImage", "GrokAsyncHook", "GrokHook", "ImageGenerationResult"]
 
 # Connections kept per pool: enough for the operator's max_concurrency and for split requests.
 POOL_SIZE = 32
@@ -118,6 +120,47 @@ class GrokHookBase(BaseHook):
             user=user,
             extra_body=extra_body,
         )
+
+    def _retry_delay(
+        self,
+        method: str,
+        url: str,
+        retries_done: int,
+        *,
+        error: Exception | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str = "",
+    ) -> float:
+        """
+        After a failed API attempt (a transport ``error`` or an HTTP ``status``): the seconds to wait before
+        retrying, logged, or the final :class:`GrokError` raised. Shared by the sync and async transports.
+        """
+        settings = self.settings
+        what = f"Grok {method} {url}"
+        if error is not None:
+            failure = api.redact(f"{type(error).__name__}: {error}", settings.api_key)
+            delay = self.retry_policy.delay(retries_done, status=None)
+            if delay is None:
+                raise GrokTransportError(
+                    f"{what} got no HTTP answer after {retries_done + 1} attempts: {failure}. Check the "
+                    "connection's base URL and the network; raise the 'timeout' extra for slow gateways."
+                ) from None
+        else:
+            assert status is not None
+            failure = f"HTTP {status}"
+            delay = self.retry_policy.delay(retries_done, status=status, headers=headers)
+            if delay is None:
+                raise api.error_from_response(
+                    status,
+                    body,
+                    content_type=api.header(headers, "content-type"),
+                    request_id=api.request_id_from_headers(headers),
+                    secret=settings.api_key,
+                    attempts=retries_done + 1,
+                )
+        self._log_retry(what, failure, retries_done, delay)
+        return delay
 
     def _log_retry(self, what: str, failure: str, retries_done: int, delay: float) -> None:
         self.log.warning(
@@ -283,7 +326,6 @@ class GrokHook(GrokHookBase):
         """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
         settings = self.settings
         url = settings.url(path)
-        what = f"Grok {method} {url}"
         retries = 0
         while True:
             if wait := self.rate_limiter.reserve():
@@ -297,28 +339,13 @@ class GrokHook(GrokHookBase):
                     timeout=(settings.connect_timeout, settings.timeout),
                 )
             except (requests.ConnectionError, requests.Timeout) as err:
-                failure = api.redact(f"{type(err).__name__}: {err}", settings.api_key)
-                delay = self.retry_policy.delay(retries, status=None)
-                if delay is None:
-                    raise GrokTransportError(
-                        f"{what} got no HTTP answer after {retries + 1} attempts: {failure}. Check the "
-                        "connection's base URL and the network; raise the 'timeout' extra for slow gateways."
-                    ) from None
+                delay = self._retry_delay(method, url, retries, error=err)
             else:
                 if response.ok:
                     return response
-                failure = f"HTTP {response.status_code}"
-                delay = self.retry_policy.delay(retries, status=response.status_code, headers=response.headers)
-                if delay is None:
-                    raise api.error_from_response(
-                        response.status_code,
-                        response.text,
-                        content_type=response.headers.get("content-type"),
-                        request_id=api.request_id_from_headers(response.headers),
-                        secret=settings.api_key,
-                        attempts=retries + 1,
-                    )
-            self._log_retry(what, failure, retries, delay)
+                delay = self._retry_delay(
+                    method, url, retries, status=response.status_code, headers=response.headers, body=response.text
+                )
             time.sleep(delay)
             retries += 1
 
@@ -409,6 +436,102 @@ class GrokHook(GrokHookBase):
         return api.connection_test_outcome(
             response.status_code, response.text, response.headers.get("content-type"), settings
         )
+
+
+class GrokAsyncHook(GrokHookBase):
+    """
+    The async twin of :class:`GrokHook` on ``httpx.AsyncClient``, for triggers.
+
+    Same protocol core (validation, error mapping, retry decisions, the ``/v1`` rule), the same timeouts,
+    retries and rate cap. Reads its connection with the async API, because the sync one can deadlock in
+    the triggerer. Call :meth:`aclose` when done (the trigger does, also on cancellation).
+
+    :param grok_conn_id: the ``grok`` connection (base URL as host, API key as password).
+    :param retry_backoff: first backoff between retries, seconds (doubles each retry, with jitter).
+    """
+
+    def __init__(self, grok_conn_id: str = GrokHookBase.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(grok_conn_id, **kwargs)
+        self._settings: ConnectionSettings | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        if self._settings is None:
+            raise RuntimeError("GrokAsyncHook: await load_settings() before reading settings.")
+        return self._settings
+
+    async def load_settings(self) -> ConnectionSettings:
+        """Read and validate the connection once, without blocking the event loop."""
+        if self._settings is None:
+            if hasattr(BaseHook, "aget_connection"):  # Airflow 3.3+
+                conn = await BaseHook.aget_connection(self.grok_conn_id)
+            else:  # Airflow 3.2
+                from airflow.providers.common.compat.connection import get_async_connection
+
+                conn = await get_async_connection(self.grok_conn_id)
+            extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
+            self._settings = self._settings_from(conn, extra)
+        return self._settings
+
+    async def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            settings = await self.load_settings()
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+                limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def generate_images(self, prompt: str, **kwargs: Any) -> ImageGenerationResult:
+        """Async :meth:`GrokHook.generate_images`: same parameters, same validation, same result."""
+        await self.load_settings()
+        return await self.generate(self.build_params(prompt, **kwargs))
+
+    async def generate(self, params: GenerationParams) -> ImageGenerationResult:
+        await self.load_settings()
+        bodies = params.request_bodies()
+        if len(bodies) == 1:
+            return self._finish(params, await self._post_generation(bodies[0]))
+        outcomes = await asyncio.gather(*(self._post_generation(body) for body in bodies), return_exceptions=True)
+        return self._finish(params, self._merge_chunks(params, list(outcomes)))
+
+    async def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
+        response = await self._call("POST", api.GENERATIONS_PATH, body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = response.text[:200]
+        return api.parse_generation_response(
+            payload, requested=body["n"], request_id=api.request_id_from_headers(response.headers)
+        )
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
+        settings = await self.load_settings()
+        client = await self.client()
+        url = settings.url(path)
+        retries = 0
+        while True:
+            if wait := self.rate_limiter.reserve():
+                await asyncio.sleep(wait)
+            try:
+                response = await client.request(method, url, json=body, headers=settings.api_headers())
+            except httpx.TransportError as err:
+                delay = self._retry_delay(method, url, retries, error=err)
+            else:
+                if response.is_success:
+                    return response
+                delay = self._retry_delay(
+                    method, url, retries, status=response.status_code, headers=response.headers, body=response.text
+                )
+            await asyncio.sleep(delay)
+            retries += 1
 
 
 class _TransientDownloadError(Exception):

@@ -11,24 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_grok import __version__, api
 from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
 from airflow_provider_grok.exceptions import (
-    GrokAuthError,
     GrokContentFilteredError,
     GrokError,
     GrokImageDownloadError,
     GrokIncompleteError,
-    GrokNotFoundError,
     GrokStorageError,
 )
-from airflow_provider_grok.hooks.grok import GrokHook
+from airflow_provider_grok.hooks.grok import EXPIRED_URL_STATUSES, GrokHook
 from airflow_provider_grok.storage import (
     MANIFEST_VERSION,
     PromptRecord,
@@ -40,8 +38,6 @@ from airflow_provider_grok.storage import (
     sum_usage,
 )
 
-# Errors that will hit every other prompt the same way: stop instead of paying for nothing.
-FATAL_ERRORS = (GrokAuthError, GrokNotFoundError)
 CHECKPOINT_SECONDS = 5.0  # how often the manifest is rewritten while work is in progress
 
 
@@ -176,7 +172,7 @@ class GenerationPipeline:
             self.record_filtered(job, err)
         except GrokError as err:
             self.record_failure(job, err.message)
-            if isinstance(err, FATAL_ERRORS):
+            if isinstance(err, api.BATCH_FATAL_ERRORS):
                 self._stop.set()
         else:
             self.store_result(job, result)
@@ -220,7 +216,7 @@ class GenerationPipeline:
                 }
                 digest = self.store.put_image(key, data, kind.mime_type, metadata)
             except (GrokImageDownloadError, GrokStorageError) as err:
-                self._not_stored(record, index, image.url, err.message)
+                self._not_stored(record, index, image.url, err)
                 continue
             stored = StoredImage(
                 s3_uri=self.store.uri(key),
@@ -251,11 +247,63 @@ class GenerationPipeline:
         with self._lock:
             self.records[job.prompt_index].error = message
 
-    def _not_stored(self, record: PromptRecord, index: int, url: str | None, message: str) -> None:
-        self.log.error("Image %d of prompt %d was generated but not stored: %s", index, record.prompt_index, message)
+    def _not_stored(self, record: PromptRecord, index: int, url: str | None, err: GrokError) -> None:
+        self.log.error(
+            "Image %d of prompt %d was generated but not stored: %s", index, record.prompt_index, err.message
+        )
+        entry = {"image_index": index, "url": url, "error": err.message, "status": err.status}
         with self._lock:
-            record.not_stored.append({"image_index": index, "url": url, "error": message})
-            record.error = record.error or f"image {index} not stored: {message}"
+            record.not_stored.append(entry)
+
+    # --- the deferred path ---
+
+    def trigger_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        """The trigger's kwargs for ``jobs``: URLs rather than inline images, so the event stays small."""
+        return [
+            {
+                "prompt_index": job.prompt_index,
+                "first_image_index": job.first_image_index,
+                "fingerprint": self.records[job.prompt_index].fingerprint,
+                "params": asdict(replace(self.params[job.prompt_index], n=job.count, response_format="url")),
+            }
+            for job in jobs
+        ]
+
+    def apply_event(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Store what the trigger generated, exactly as the sync path stores what it generates."""
+        for entry in results:
+            job = Job(int(entry["prompt_index"]), int(entry["first_image_index"]), int(entry["count"]))
+            if (
+                job.prompt_index >= len(self.records)
+                or entry["fingerprint"] != self.records[job.prompt_index].fingerprint
+            ):
+                self.log.warning(
+                    "Ignoring a result for prompt %d: the task's prompts changed while it was deferred.",
+                    job.prompt_index,
+                )
+                continue
+            if entry["outcome"] == "ok":
+                self.store_result(job, api.result_from_event(entry["result"]))
+            elif entry["outcome"] == "filtered":
+                self.record_filtered(
+                    job, GrokContentFilteredError(entry["message"], request_id=entry.get("request_id"))
+                )
+            else:
+                self.record_failure(job, f"{entry['error_type']}: {entry['message']}")
+
+    def take_expired_jobs(self) -> list[Job]:
+        """Jobs that regenerate images whose temporary URL expired before they could be fetched."""
+        jobs = []
+        for record in self.records:
+            expired = [e for e in record.not_stored if e.get("status") in EXPIRED_URL_STATUSES]
+            if not expired:
+                continue
+            record.not_stored = [e for e in record.not_stored if e not in expired]
+            start = record.next_image_index()
+            for count in api.split_n(len(expired)):
+                jobs.append(Job(record.prompt_index, start, count))
+                start += count
+        return jobs
 
     # --- reporting ---
 

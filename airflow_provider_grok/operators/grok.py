@@ -260,14 +260,53 @@ class GrokGenerateImagesOperator(BaseOperator):
         jobs = pipeline.pending_jobs()
         if not jobs:
             self.log.info("Every image of this task instance is already stored: nothing to generate.")
-        else:
-            pipeline.checkpoint(force=True)  # proves the bucket is writable before paying for images
-            try:
-                pipeline.run(jobs)
-            except BaseException:
-                pipeline.checkpoint(force=True)  # whatever happened, record every image already stored
-                raise
+            return self.finish(context, pipeline)
+        pipeline.checkpoint(force=True)  # proves the bucket is writable before paying for images
+        if self.deferrable:
+            from airflow_provider_grok.triggers.grok import GrokGenerateImagesTrigger
+
+            self.log.info("Deferring %d generation requests to the triggerer.", len(jobs))
+            self.defer(
+                trigger=GrokGenerateImagesTrigger(
+                    grok_conn_id=self.grok_conn_id,
+                    jobs=pipeline.trigger_jobs(jobs),
+                    max_concurrency=self.max_concurrency,
+                ),
+                method_name="execute_complete",
+                timeout=self.execution_timeout,
+            )
+        self._run_sync(pipeline, jobs)
         return self.finish(context, pipeline)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Resume after the trigger: fetch and store its images exactly like the sync path."""
+        from airflow_provider_grok import exceptions
+
+        pipeline = self.build_pipeline(context)
+        if not isinstance(event, dict) or event.get("status") not in ("success", "error"):
+            raise exceptions.GrokResponseError(f"Unexpected event from GrokGenerateImagesTrigger: {event!r:.300}")
+        if event["status"] == "error":
+            error_type = getattr(exceptions, str(event.get("error_type")), None)
+            if not (isinstance(error_type, type) and issubclass(error_type, exceptions.GrokError)):
+                error_type = exceptions.GrokError
+            raise error_type(str(event.get("message")), status=event.get("status_code"))
+        pipeline.apply_event(event["results"])
+        expired = pipeline.take_expired_jobs()
+        if expired:
+            self.log.warning(
+                "The temporary URLs of %d images expired before the worker resumed; regenerating them now "
+                "(billed again). Shorter deferrals or response_format='b64_json' without deferral avoid this.",
+                sum(job.count for job in expired),
+            )
+            self._run_sync(pipeline, expired)
+        return self.finish(context, pipeline)
+
+    def _run_sync(self, pipeline: GenerationPipeline, jobs: list[Any]) -> None:
+        try:
+            pipeline.run(jobs)
+        except BaseException:
+            pipeline.checkpoint(force=True)  # whatever happened, record every image already stored
+            raise
 
     def finish(self, context: Context, pipeline: GenerationPipeline) -> list[dict[str, Any]]:
         """Final manifest, UI link and asset events; then the XCom (or the summary error)."""

@@ -123,13 +123,18 @@ class GrokSimulator:
         self._issued: dict[str, tuple[int, int, str, str, int]] = {}
         self._in_flight = 0
         self._ids = itertools.count(1)
+        # Per-prompt call counters make image bytes depend only on (prompt, call, image), not on request
+        # ids or arrival order: two runs of the same work get byte-identical images, each still unique.
+        self._prompt_calls: dict[str, int] = {}
         self._servers: list[_SimulatorServer] = []
+        self._urls: tuple[str, ...] = ()  # kept after stop() so late handler threads can still answer
 
     # --- lifecycle ---
 
     def start(self) -> GrokSimulator:
         host, port, image_port = self._bind
         self._servers = [_SimulatorServer(self, "api", host, port), _SimulatorServer(self, "images", host, image_port)]
+        self._urls = tuple(f"http://{host}:{server.server_port}" for server in self._servers)
         for server in self._servers:
             threading.Thread(
                 target=server.serve_forever, args=(0.05,), name=f"grok-sim-{server.role}", daemon=True
@@ -151,11 +156,11 @@ class GrokSimulator:
     @property
     def base_url(self) -> str:
         """The API origin, e.g. ``http://127.0.0.1:54321`` (append ``/v1`` for OpenAI-SDK style)."""
-        return f"http://{self._bind[0]}:{self._servers[0].server_port}"
+        return self._urls[0]
 
     @property
     def image_base_url(self) -> str:
-        return f"http://{self._bind[0]}:{self._servers[1].server_port}"
+        return self._urls[1]
 
     def connection_json(self, *, base_suffix: str = "", api_key: str | None = None, **extra: Any) -> str:
         """A ``grok`` connection in Airflow's JSON form, for ``AIRFLOW_CONN_<ID>``."""
@@ -220,13 +225,14 @@ class GrokSimulator:
             self._issued.clear()
 
     def reset(self) -> None:
-        """Forget faults and logs (keeps the ports)."""
+        """Forget faults, logs and per-prompt counters (keeps the ports and issued URLs)."""
         with self._lock:
             self._faults.clear()
             self._download_faults.clear()
             self.calls.clear()
             self.image_requests.clear()
             self.peak_concurrency = 0
+            self._prompt_calls.clear()
 
     @property
     def generation_calls(self) -> list[RecordedCall]:
@@ -297,9 +303,12 @@ class GrokSimulator:
         mime = FORMATS[self.image_format]
         digest = hashlib.sha256(body["prompt"].encode()).hexdigest()[:12]
         look = int(digest, 16)
+        with self._lock:
+            call = self._prompt_calls.get(digest, 0)
+            self._prompt_calls[digest] = call + 1
         items = []
         for i in range(n if keep is None else min(keep, n)):
-            label = f"grok-simulator {request_id} image {i} prompt {digest}"
+            label = f"grok-simulator prompt {digest} call {call} image {i}"
             item: dict[str, Any] = {}
             if body.get("response_format", "url") == "b64_json":
                 encoded = base64.b64encode(unique_image(width, height, self.image_format, label, look)).decode()

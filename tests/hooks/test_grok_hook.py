@@ -37,7 +37,7 @@ def hook_for(make_conn, sim: GrokSimulator, **kwargs) -> GrokHook:
 
 
 def jpeg_comment(data: bytes) -> str:
-    """The simulator's label inside a JPEG COM segment: 'grok-simulator <request> image <i> ...'."""
+    """The simulator's label inside a JPEG COM segment: 'grok-simulator prompt <digest> call <k> image <i>'."""
     assert data[2:4] == b"\xff\xfe"
     length = int.from_bytes(data[4:6], "big")
     return data[6 : 4 + length].decode()
@@ -103,10 +103,10 @@ def test_n_25_is_split_10_10_5_and_renumbered_in_order(sim, make_conn):
     # Chunks keep their order: images 0-9 are one request's 0-9, 10-19 the next, 20-24 the 5-image one.
     within = [int(re.search(r"image (\d+)", label).group(1)) for label in labels]
     assert within == list(range(10)) + list(range(10)) + list(range(5))
-    requests = [label.split()[1] for label in labels]
-    assert len({*requests[:10]}) == len({*requests[10:20]}) == len({*requests[20:]}) == 1
-    assert len(set(requests)) == 3
-    assert sorted(result.request_ids) == sorted(set(requests))
+    calls = [int(re.search(r"call (\d+)", label).group(1)) for label in labels]
+    assert len({*calls[:10]}) == len({*calls[10:20]}) == len({*calls[20:]}) == 1
+    assert sorted(set(calls)) == [0, 1, 2]
+    assert len(result.request_ids) == 3
     assert len({hook.fetch_image(i) for i in result.images}) == 25  # every image distinct
 
 
