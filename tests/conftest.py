@@ -50,8 +50,10 @@ def airflow_db() -> None:
 
 
 @pytest.fixture
-def dag_runner(airflow_db: None, tmp_path: Path) -> DagRunner:
-    return DagRunner(DAGS_FOLDER)
+def dag_runner(airflow_db: None) -> Iterator[DagRunner]:
+    runner = DagRunner(DAGS_FOLDER)
+    yield runner
+    runner.cleanup()
 
 
 @pytest.fixture(params=["xai", "openai"])

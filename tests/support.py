@@ -96,6 +96,12 @@ class DagRunner:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.written: list[Path] = []
+
+    def cleanup(self) -> None:
+        """Remove this test's DAG files: dag.test() parses the whole folder on every call."""
+        for path in self.written:
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def migrate() -> None:
@@ -106,11 +112,19 @@ class DagRunner:
         dag_id = name or f"grok_test_dag_{next(self._ids)}_{uuid.uuid4().hex[:6]}"
         path = self.folder / f"{dag_id}.py"
         path.write_text(textwrap.dedent(source).replace("DAG_ID", dag_id))
+        self.written.append(path)
         return path, dag_id
 
     def run(self, source: str, **test_kwargs: Any) -> DagResult:
         path, dag_id = self.write(source)
         return self.run_file(path, dag_id, **test_kwargs)
+
+    def copy(self, source: Path) -> Path:
+        """Put an existing DAG file (an example DAG) into the DAGs folder."""
+        target = self.folder / source.name
+        target.write_text(source.read_text())
+        self.written.append(target)
+        return target
 
     def run_file(self, path: Path, dag_id: str, **test_kwargs: Any) -> DagResult:
         from airflow.dag_processing.dagbag import DagBag

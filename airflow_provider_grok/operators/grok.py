@@ -150,6 +150,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         self.s3_extra_args = s3_extra_args
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self._pipeline: GenerationPipeline | None = None
+        self._kill_requested = False
         self._stored_prefix: tuple[str, str] | None = None
 
     # --- validation ---
@@ -253,6 +254,8 @@ class GrokGenerateImagesOperator(BaseOperator):
         if self.skip_existing:
             pipeline.load_previous(manifest)
         self._pipeline = pipeline
+        if self._kill_requested:  # on_kill arrived while we were getting ready
+            pipeline.stop()
         return pipeline
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
@@ -316,6 +319,8 @@ class GrokGenerateImagesOperator(BaseOperator):
         return xcom
 
     def on_kill(self) -> None:
+        """Start no further request and cut the ones in flight; what is stored stays in the manifest."""
+        self._kill_requested = True
         if self._pipeline is not None:
             self._pipeline.stop()
 

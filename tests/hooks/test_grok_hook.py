@@ -113,11 +113,8 @@ def test_n_25_is_split_10_10_5_and_renumbered_in_order(sim, make_conn):
 def test_split_requests_run_concurrently(make_conn):
     with GrokSimulator(latency=0.4) as sim:
         hook = hook_for(make_conn, sim)
-        started = time.monotonic()
         hook.generate_images("x", n=30)
-        elapsed = time.monotonic() - started
-    assert sim.peak_concurrency == 3
-    assert elapsed < 3 * 0.4  # sequential would take at least 1.2 s
+    assert sim.peak_concurrency == 3  # all three chunks were in flight at once
 
 
 def test_failed_chunk_keeps_what_other_chunks_made(xai_sim, make_conn):
@@ -256,10 +253,8 @@ def test_unreachable_gateway_is_a_transport_error(make_conn, monkeypatch):
 def test_read_timeout_is_the_connections_timeout_extra(make_conn):
     with GrokSimulator(latency=1.5) as sim:
         hook = hook_for(make_conn, sim, extra={"timeout": 1, "max_retries": 0})
-        started = time.monotonic()
-        with pytest.raises(GrokTransportError, match="Timeout"):
+        with pytest.raises(GrokTransportError, match="ReadTimeout"):
             hook.generate_images("x")
-        assert time.monotonic() - started < 1.5
 
 
 def test_partial_moderation_is_recorded_and_warned(xai_sim, make_conn, capfd):

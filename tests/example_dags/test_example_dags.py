@@ -1,0 +1,123 @@
+"""Every example DAG imports cleanly and runs end to end with dag.test() on the simulator and moto."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pendulum
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
+EXAMPLE_IDS = sorted(p.stem for p in EXAMPLES.glob("example_*.py"))
+
+
+@pytest.fixture
+def demo_bucket(s3, monkeypatch):
+    """The examples read their bucket from GROK_DEMO_BUCKET; point it at this test's bucket."""
+    monkeypatch.setenv("GROK_DEMO_BUCKET", s3.bucket)
+    return s3
+
+
+def test_examples_import_without_errors_or_deprecation_warnings():
+    from airflow.dag_processing.dagbag import DagBag
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bag = DagBag(str(EXAMPLES))
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == EXAMPLE_IDS
+    ours = [w for w in caught if "example_dags" in str(w.filename) or "airflow_provider_grok" in str(w.filename)]
+    assert [
+        str(w.message) for w in ours if issubclass(w.category, DeprecationWarning | PendingDeprecationWarning)
+    ] == []
+    for dag in bag.dags.values():
+        assert dag.doc_md is None or dag.description  # each is described
+        assert "grok" in dag.tags
+
+
+def test_scheduled_content_end_to_end_with_gallery(grok_simulator, demo_bucket, dag_runner):
+    s3 = demo_bucket
+    path = dag_runner.copy(EXAMPLES / "example_grok_scheduled_content.py")
+    result = dag_runner.run_file(path, "example_grok_scheduled_content", logical_date=pendulum.datetime(2026, 7, 4))
+
+    assert result.state == "success"
+    prompts = sorted(c.prompt for c in grok_simulator.generation_calls)
+    assert prompts == sorted(
+        [
+            "A lighthouse on a cliff at dawn in summer, oil painting",
+            "A koi fish swimming through a nebula, July 04 edition",
+            "A cosy bookshop window display in summer, watercolour",
+        ]
+    )
+    assert {c.body["aspect_ratio"] for c in grok_simulator.generation_calls} == {"16:9"}
+    images = [k for k in s3.object_keys("content/2026-07-04/") if k.endswith(".jpg")]
+    assert len(images) == 6
+    page = s3.get("content/2026-07-04/index.html").decode()
+    head = s3.client.head_object(Bucket=s3.bucket, Key="content/2026-07-04/index.html")
+    assert head["ContentType"].startswith("text/html")
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(f"content/2026-07-04/{src}" for src in sources) == sorted(images)  # every stored image, once
+    for prompt in prompts:
+        assert prompt in page
+    assert f"s3://{s3.bucket}/content/2026-07-04/map-0/0-0.jpg" in page
+    assert result.xcom("build_gallery") == f"s3://{s3.bucket}/content/2026-07-04/index.html"
+    events = result.asset_events(f"s3://{s3.bucket}/content")
+    assert len(events) == 3 and sum(e["images"] for e in events) == 6
+
+
+def test_asset_consumer_reads_the_producers_event_extra(grok_simulator, demo_bucket, dag_runner):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    s3 = demo_bucket
+    producer = dag_runner.copy(EXAMPLES / "example_grok_scheduled_content.py")
+    consumer = dag_runner.copy(EXAMPLES / "example_grok_asset_consumer.py")
+    produced = dag_runner.run_file(
+        producer, "example_grok_scheduled_content", logical_date=pendulum.datetime(2026, 7, 5)
+    )
+    consumed = dag_runner.run_file(consumer, "example_grok_asset_consumer")  # a manual run: no triggering events
+    assert produced.state == consumed.state == "success"
+    assert consumed.xcom("summarise") == {"events": 0, "images": 0, "cost_usd": 0, "manifests": []}
+
+    # The same task with the real events the producer's run recorded, as the scheduler would pass them.
+    from airflow.dag_processing.dagbag import DagBag
+
+    summarise = DagBag(str(consumer)).get_dag("example_grok_asset_consumer").task_dict["summarise"]
+    with create_session() as session:
+        asset = session.query(AssetModel).filter(AssetModel.uri == f"s3://{s3.bucket}/content").one()
+        events = (
+            session.query(AssetEvent)
+            .filter(AssetEvent.asset_id == asset.id, AssetEvent.source_run_id == produced.run_id)
+            .all()
+        )
+        summary = summarise.python_callable(triggering_asset_events={asset.uri: events})
+    assert summary["events"] == 3 and summary["images"] == 6
+    assert summary["cost_usd"] == pytest.approx(0.12)
+    assert sorted(summary["manifests"]) == [
+        f"s3://{s3.bucket}/content/2026-07-05/map-{i}/manifest.json" for i in range(3)
+    ]
+
+
+def test_hook_taskflow_keeps_the_best_candidate(grok_simulator, demo_bucket, dag_runner):
+    s3 = demo_bucket
+    path = dag_runner.copy(EXAMPLES / "example_grok_hook_taskflow.py")
+    result = dag_runner.run_file(path, "example_grok_hook_taskflow", logical_date=pendulum.datetime(2026, 7, 6))
+
+    assert result.state == "success"
+    out = result.xcom("best_of_three")
+    assert out["candidates"] == 3 and out["s3_uri"] == f"s3://{s3.bucket}/taskflow/2026-07-06/best.jpg"
+    assert s3.object_keys("taskflow/") == ["taskflow/2026-07-06/best.jpg"]
+    assert [c.body["n"] for c in grok_simulator.generation_calls] == [3]
+
+
+def test_deferrable_example_runs_through_the_trigger(grok_simulator, demo_bucket, dag_runner):
+    s3 = demo_bucket
+    path = dag_runner.copy(EXAMPLES / "example_grok_deferrable.py")
+    result = dag_runner.run_file(path, "example_grok_deferrable", logical_date=pendulum.datetime(2026, 7, 7))
+
+    assert result.state == "success"
+    assert {c.body["response_format"] for c in grok_simulator.generation_calls} == {"url"}
+    assert {c.body["resolution"] for c in grok_simulator.generation_calls} == {"2k"}
+    assert len([k for k in s3.object_keys("deferred/2026-07-07/") if k.endswith(".jpg")]) == 4
