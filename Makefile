@@ -26,5 +26,8 @@ pytest: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/run.py --output benchmarks/RESULTS.md --json benchmarks/results.json
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_grok.exceptions import (
@@ -279,6 +279,20 @@ def endpoint_url(base_url: str, path: str) -> str:
 
 
 # --- Requests ---
+
+
+class GenerationOptions(TypedDict, total=False):
+    """The optional parameters of a generation call, as hooks take them (see :class:`GenerationParams`)."""
+
+    model: str | None
+    n: int
+    response_format: str
+    aspect_ratio: str | None
+    resolution: str | None
+    size: str | None
+    quality: str | None
+    user: str | None
+    extra_body: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -799,9 +813,12 @@ def decode_b64_image(b64: str, source: str) -> bytes:
     if match := _DATA_URI.match(b64):
         b64 = b64[match.end() :]
     try:
-        data = base64.b64decode("".join(b64.split()), validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise GrokImageDownloadError(f"{source} has b64_json that is not valid base64 ({err}).") from None
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # line-wrapped base64 is valid too; removing whitespace only when needed saves a scan of MBs
+            data = base64.b64decode("".join(b64.split()), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise GrokImageDownloadError(f"{source} has b64_json that is not valid base64 ({err}).") from None
     verify_image(data, source)
     return data
 

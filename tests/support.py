@@ -184,21 +184,3 @@ class DagResult:
                 .filter(AssetModel.uri == uri, AssetEvent.source_run_id == self.run_id)
             )
             return [dict(e.extra or {}) for e in rows]
-
-
-class RuntimeContext(dict):
-    """The slice of an Airflow task context the operator reads, for driving execute() outside a DAG run."""
-
-    def __init__(
-        self, dag_id: str = "direct", task_id: str = "gen", run_id: str = "run_1", map_index: int = -1
-    ) -> None:
-        from types import SimpleNamespace
-
-        self.pushed: dict[str, Any] = {}
-        ti = SimpleNamespace(
-            dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index, try_number=1, xcom_push=self.xcom_push
-        )
-        super().__init__(ti=ti, outlet_events={})
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value

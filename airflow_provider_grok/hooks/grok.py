@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import requests
+import urllib3
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
@@ -18,6 +20,7 @@ from airflow_provider_grok import api
 from airflow_provider_grok.api import (
     ConnectionSettings,
     GeneratedImage,
+    GenerationOptions,
     GenerationParams,
     ImageGenerationResult,
     RateLimiter,
@@ -28,6 +31,7 @@ from airflow_provider_grok.exceptions import (
     GrokError,
     GrokImageDownloadError,
     GrokTransportError,
+    GrokValidationError,
 )
 
 __all__ = ["GeneratedImage", "GrokAsyncHook", "GrokHook", "ImageGenerationResult"]
@@ -93,33 +97,16 @@ class GrokHookBase(BaseHook):
     def settings(self) -> ConnectionSettings:
         raise NotImplementedError
 
-    def build_params(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        response_format: str = "url",
-        aspect_ratio: str | None = None,
-        resolution: str | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-    ) -> GenerationParams:
+    def build_params(self, prompt: str, **options: Unpack[GenerationOptions]) -> GenerationParams:
         """Validate a call, filling the model from the connection; raises before anything is sent."""
-        return GenerationParams(
-            prompt=prompt,
-            model=model or self.settings.model,
-            n=n,
-            response_format=response_format,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            size=size,
-            quality=quality,
-            user=user,
-            extra_body=extra_body,
-        )
+        unknown = sorted(set(options) - set(GenerationOptions.__annotations__))
+        if unknown:
+            raise GrokValidationError(
+                f"Unknown generation parameter {', '.join(unknown)}: the parameters are "
+                f"{', '.join(GenerationOptions.__annotations__)}."
+            )
+        rest: dict[str, Any] = {name: value for name, value in options.items() if name != "model"}
+        return GenerationParams(prompt=prompt, model=options.get("model") or self.settings.model, **rest)
 
     def _retry_delay(
         self,
@@ -254,20 +241,7 @@ class GrokHook(GrokHookBase):
 
     # --- generation ---
 
-    def generate_images(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        response_format: str = "url",
-        aspect_ratio: str | None = None,
-        resolution: str | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-    ) -> ImageGenerationResult:
+    def generate_images(self, prompt: str, **options: Unpack[GenerationOptions]) -> ImageGenerationResult:
         """
         Generate ``n`` images for ``prompt``. Only parameters that are set are sent.
 
@@ -284,19 +258,7 @@ class GrokHook(GrokHookBase):
         :raises GrokValidationError: before any request, for an invalid parameter.
         :raises GrokContentFilteredError: when moderation returned no image at all.
         """
-        params = self.build_params(
-            prompt,
-            model=model,
-            n=n,
-            response_format=response_format,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            size=size,
-            quality=quality,
-            user=user,
-            extra_body=extra_body,
-        )
-        return self.generate(params)
+        return self.generate(self.build_params(prompt, **options))
 
     def generate(self, params: GenerationParams) -> ImageGenerationResult:
         """Run an already validated :class:`GenerationParams` (see :meth:`generate_images`)."""
@@ -313,17 +275,17 @@ class GrokHook(GrokHookBase):
         return self._finish(params, self._merge_chunks(params, outcomes))
 
     def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
-        response = self._call("POST", api.GENERATIONS_PATH, body)
+        response, content = self._call("POST", api.GENERATIONS_PATH, body)
         try:
-            payload = response.json()
+            payload = json.loads(content)
         except ValueError:
-            payload = response.text[:200]
+            payload = content[:200].decode("utf-8", "replace")
         return api.parse_generation_response(
             payload, requested=body["n"], request_id=api.request_id_from_headers(response.headers)
         )
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
-        """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[requests.Response, bytes]:
+        """Send one API request with throttling and bounded retries; return a 2xx response and its body, or raise."""
         settings = self.settings
         url = settings.url(path)
         retries = 0
@@ -331,23 +293,38 @@ class GrokHook(GrokHookBase):
             if wait := self.rate_limiter.reserve():
                 time.sleep(wait)
             try:
-                response = self.session.request(
-                    method,
-                    url,
-                    json=body,
-                    headers=settings.api_headers(),
-                    timeout=(settings.connect_timeout, settings.timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as err:
+                response, content = self._send(method, url, body)
+            except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
                 delay = self._retry_delay(method, url, retries, error=err)
             else:
                 if response.ok:
-                    return response
+                    return response, content
                 delay = self._retry_delay(
-                    method, url, retries, status=response.status_code, headers=response.headers, body=response.text
+                    method,
+                    url,
+                    retries,
+                    status=response.status_code,
+                    headers=response.headers,
+                    body=content.decode("utf-8", "replace"),
                 )
             time.sleep(delay)
             retries += 1
+
+    def _send(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[requests.Response, bytes]:
+        """One attempt. The body is read in one call: requests' 10 kB chunks cost CPU on answers of many MB."""
+        settings = self.settings
+        response = self.session.request(
+            method,
+            url,
+            json=body,
+            headers=settings.api_headers(),
+            timeout=(settings.connect_timeout, settings.timeout),
+            stream=True,
+        )
+        try:
+            return response, response.raw.read(decode_content=True)
+        finally:
+            response.close()
 
     # --- images ---
 
@@ -488,10 +465,10 @@ class GrokAsyncHook(GrokHookBase):
             await self._client.aclose()
             self._client = None
 
-    async def generate_images(self, prompt: str, **kwargs: Any) -> ImageGenerationResult:
+    async def generate_images(self, prompt: str, **options: Unpack[GenerationOptions]) -> ImageGenerationResult:
         """Async :meth:`GrokHook.generate_images`: same parameters, same validation, same result."""
         await self.load_settings()
-        return await self.generate(self.build_params(prompt, **kwargs))
+        return await self.generate(self.build_params(prompt, **options))
 
     async def generate(self, params: GenerationParams) -> ImageGenerationResult:
         await self.load_settings()

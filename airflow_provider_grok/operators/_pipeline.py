@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,7 @@ from airflow_provider_grok.storage import (
 )
 
 CHECKPOINT_SECONDS = 5.0  # how often the manifest is rewritten while work is in progress
+STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class GenerationPipeline:
         self._stop = threading.Event()
         self._in_flight: dict[int, int] = {}
         self._last_checkpoint = 0.0
+        self._store_pool: ThreadPoolExecutor | None = None
+        self._store_futures: list[Future[None]] = []
+        self._store_slots = threading.BoundedSemaphore(max_concurrency)
 
     # --- planning ---
 
@@ -148,12 +153,44 @@ class GenerationPipeline:
             len(jobs),
             self.max_concurrency,
         )
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
-            futures = [pool.submit(self._run_job, job) for job in jobs]
-            for future in as_completed(futures):
+        with self.storing(), ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
+            for future in as_completed([pool.submit(self._run_job, job) for job in jobs]):
                 future.result()
-                self._log_progress()
                 self.checkpoint()
+
+    @contextmanager
+    def storing(self) -> Iterator[None]:
+        """
+        A pool that fetches and uploads results while generation goes on: a request slot is free again as
+        soon as its answer arrives. At most ``max_concurrency`` answers wait for storage (backpressure keeps
+        memory bounded); the block ends when everything handed over is stored.
+        """
+        with ThreadPoolExecutor(STORE_WORKERS, thread_name_prefix="grok-store") as pool:
+            self._store_pool, self._store_futures = pool, []
+            try:
+                yield
+            finally:
+                for future in as_completed(list(self._store_futures)):
+                    future.result()
+                self._store_pool = None
+
+    def store_later(
+        self, job: Job, result: ImageGenerationResult, fetch: Callable[[api.GeneratedImage], bytes] | None = None
+    ) -> None:
+        """Hand a result to the store pool (blocks while ``max_concurrency`` results already wait)."""
+        assert self._store_pool is not None, "store_later() needs an open storing() block"
+        self._store_slots.acquire()
+
+        def store() -> None:
+            try:
+                self.store_result(job, result, fetch)
+            finally:
+                self._store_slots.release()
+                self._log_progress()
+
+        future = self._store_pool.submit(store)
+        with self._lock:
+            self._store_futures.append(future)
 
     def stop(self) -> None:
         """Start no further requests (on_kill); requests in flight finish or are cut by closing sessions."""
@@ -175,7 +212,7 @@ class GenerationPipeline:
             if isinstance(err, api.BATCH_FATAL_ERRORS):
                 self._stop.set()
         else:
-            self.store_result(job, result)
+            self.store_later(job, result)
         finally:
             with self._lock:
                 self._in_flight[job.prompt_index] -= 1
@@ -271,25 +308,22 @@ class GenerationPipeline:
 
     def apply_event(self, results: Sequence[Mapping[str, Any]]) -> None:
         """Store what the trigger generated, exactly as the sync path stores what it generates."""
-        for entry in results:
-            job = Job(int(entry["prompt_index"]), int(entry["first_image_index"]), int(entry["count"]))
-            if (
-                job.prompt_index >= len(self.records)
-                or entry["fingerprint"] != self.records[job.prompt_index].fingerprint
-            ):
-                self.log.warning(
-                    "Ignoring a result for prompt %d: the task's prompts changed while it was deferred.",
-                    job.prompt_index,
-                )
-                continue
-            if entry["outcome"] == "ok":
-                self.store_result(job, api.result_from_event(entry["result"]))
-            elif entry["outcome"] == "filtered":
-                self.record_filtered(
-                    job, GrokContentFilteredError(entry["message"], request_id=entry.get("request_id"))
-                )
-            else:
-                self.record_failure(job, f"{entry['error_type']}: {entry['message']}")
+        with self.storing():
+            for entry in results:
+                self._apply_event_entry(entry)
+
+    def _apply_event_entry(self, entry: Mapping[str, Any]) -> None:
+        job = Job(int(entry["prompt_index"]), int(entry["first_image_index"]), int(entry["count"]))
+        if job.prompt_index >= len(self.records) or entry["fingerprint"] != self.records[job.prompt_index].fingerprint:
+            self.log.warning(
+                "Ignoring a result for prompt %d: the task's prompts changed while it was deferred.", job.prompt_index
+            )
+        elif entry["outcome"] == "ok":
+            self.store_later(job, api.result_from_event(entry["result"]))
+        elif entry["outcome"] == "filtered":
+            self.record_filtered(job, GrokContentFilteredError(entry["message"], request_id=entry.get("request_id")))
+        else:
+            self.record_failure(job, f"{entry['error_type']}: {entry['message']}")
 
     def take_expired_jobs(self) -> list[Job]:
         """Jobs that regenerate images whose temporary URL expired before they could be fetched."""

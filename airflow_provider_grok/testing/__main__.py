@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from airflow_provider_grok.testing.images import prewarm
 from airflow_provider_grok.testing.simulator import DEFAULT_API_KEY, GrokSimulator
 
 
@@ -22,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
     parser.add_argument("--max-concurrent", type=int, default=None, help="429 beyond this many in flight")
     parser.add_argument("--image-format", choices=["jpeg", "png"], default="jpeg")
+    parser.add_argument(
+        "--prewarm",
+        nargs="*",
+        choices=["1k", "2k"],
+        default=[],
+        help="encode the images of these resolutions before listening (benchmarks: no request pays for it)",
+    )
     parser.add_argument("--ready-file", type=Path, help="write the URLs and connection JSON here once listening")
     args = parser.parse_args(argv)
 
@@ -35,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         image_port=args.image_port,
     )
+    prewarm(tuple(args.prewarm), args.image_format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -81,3 +81,11 @@ def unique_image(width: int, height: int, fmt: str, label: str, look: int = 0) -
     chunk = struct.pack(">I", len(chunk_body) - 4) + chunk_body + struct.pack(">I", zlib.crc32(chunk_body))
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return data[:ihdr_end] + chunk + data[ihdr_end:]
+
+
+def prewarm(resolutions: tuple[str, ...], fmt: str = "jpeg") -> None:
+    """Encode every look at the default shape of ``resolutions`` now, so no request pays for it later."""
+    for resolution in resolutions:
+        width, height = image_dimensions(None, resolution, None)
+        for look in range(len(PALETTE)):
+            base_image(width, height, fmt, look)

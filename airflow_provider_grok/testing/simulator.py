@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from airflow_provider_grok import api
-from airflow_provider_grok.testing.images import FORMATS, image_dimensions, unique_image
+from airflow_provider_grok.testing.images import FORMATS, PALETTE, image_dimensions, unique_image
 
 Dialect = Literal["xai", "openai"]
 DEFAULT_API_KEY = "sim-key-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -302,7 +302,7 @@ class GrokSimulator:
         width, height = image_dimensions(body.get("aspect_ratio"), body.get("resolution"), body.get("size"))
         mime = FORMATS[self.image_format]
         digest = hashlib.sha256(body["prompt"].encode()).hexdigest()[:12]
-        look = int(digest, 16)
+        look = int(digest, 16) % len(PALETTE)  # the cache key: one encode per look and shape
         with self._lock:
             call = self._prompt_calls.get(digest, 0)
             self._prompt_calls[digest] = call + 1

@@ -434,3 +434,18 @@ def test_connection_uri_form_with_port(xai_sim, monkeypatch):
     hook = GrokHook("grok_uri")
     assert hook.settings.base_url.startswith("http://127.0.0.1")
     assert len(hook.generate_images("x").images) == 1
+
+
+def test_unknown_generation_parameter_is_refused_before_sending(xai_sim, make_conn):
+    hook = hook_for(make_conn, xai_sim)
+    with pytest.raises(GrokValidationError, match=r"Unknown generation parameter aspect:.*aspect_ratio"):
+        hook.generate_images("x", aspect="16:9")  # type: ignore[call-arg]
+    assert xai_sim.calls == []
+
+
+def test_operator_generation_fields_are_the_hooks_options():
+    from airflow_provider_grok.api import GenerationOptions
+    from airflow_provider_grok.operators.grok import GENERATION_FIELDS
+
+    # The operator lists them literally to stay import-light at DAG parse time; they must not drift.
+    assert set(GENERATION_FIELDS) == set(GenerationOptions.__annotations__)

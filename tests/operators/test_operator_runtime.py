@@ -13,9 +13,10 @@ import pytest
 
 from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
 from airflow_provider_grok.testing import GrokSimulator
-from tests.support import RuntimeContext
+from airflow_provider_grok.testing.context import TaskContext as RuntimeContext
 
-RSS_PROBE = Path(__file__).with_name("rss_probe.py")
+ROOT = Path(__file__).resolve().parents[2]
+CONTENDERS = ROOT / "benchmarks" / "contenders.py"
 
 
 def test_on_kill_stops_work_in_flight(s3, monkeypatch):
@@ -70,14 +71,18 @@ def test_openlineage_output_dataset(grok_simulator, s3):
     assert (dataset.namespace, dataset.name) == (f"s3://{s3.bucket}", "lineage/a")
 
 
-def run_probe(sim_url_file: Path, s3, prompts: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(RSS_PROBE), str(sim_url_file), s3.endpoint, s3.bucket, str(prompts)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run_provider_process(sim_ready: Path, s3, prompts: int) -> dict:
+    """The benchmark's provider contender in a fresh process: 4 images of 2k per prompt."""
+    info = json.loads(sim_ready.read_text())
+    key = json.loads(info["connection"])["password"]
+    command = [sys.executable, str(CONTENDERS), "provider", "--api", info["base_url"], "--key", key, "--s3",
+               s3.endpoint, "--bucket", s3.bucket, "--prompts", str(prompts), "--n", "4", "--resolution", "2k",
+               "--concurrency", "4"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT="))
+    result = json.loads(line.removeprefix("RESULT="))
+    result["stored_mb"] = result["stored_bytes"] / 1e6
+    return result
 
 
 def test_memory_stays_bounded_for_40_prompts_of_four_2k_images(s3, tmp_path):
@@ -87,8 +92,8 @@ def test_memory_stays_bounded_for_40_prompts_of_four_2k_images(s3, tmp_path):
     try:
         while not ready.exists():
             time.sleep(0.05)
-        small = run_probe(ready, s3, 4)
-        large = run_probe(ready, s3, 40)
+        small = run_provider_process(ready, s3, 4)
+        large = run_provider_process(ready, s3, 40)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
