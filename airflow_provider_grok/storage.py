@@ -164,13 +164,6 @@ def settle_status(record: PromptRecord, *, allow_partial: bool) -> None:
         record.status = "partial" if record.filtered else "complete"
 
 
-def sum_usage(records: Iterable[PromptRecord]) -> dict[str, Any] | None:
-    from airflow_provider_grok.api import sum_usage as add
-
-    usages = [u for r in records for u in r.usage]
-    return add(usages) if usages else None
-
-
 class S3ImageStore:
     """
     Reads and writes one task instance's images and manifest through the amazon provider's S3Hook,

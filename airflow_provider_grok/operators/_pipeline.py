@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +36,6 @@ from airflow_provider_grok.storage import (
     fingerprint,
     image_key,
     settle_status,
-    sum_usage,
 )
 
 CHECKPOINT_SECONDS = 5.0  # how often the manifest is rewritten while work is in progress
@@ -174,16 +173,14 @@ class GenerationPipeline:
                     future.result()
                 self._store_pool = None
 
-    def store_later(
-        self, job: Job, result: ImageGenerationResult, fetch: Callable[[api.GeneratedImage], bytes] | None = None
-    ) -> None:
+    def store_later(self, job: Job, result: ImageGenerationResult) -> None:
         """Hand a result to the store pool (blocks while ``max_concurrency`` results already wait)."""
         assert self._store_pool is not None, "store_later() needs an open storing() block"
         self._store_slots.acquire()
 
         def store() -> None:
             try:
-                self.store_result(job, result, fetch)
+                self.store_result(job, result)
             finally:
                 self._store_slots.release()
                 self._log_progress()
@@ -193,7 +190,7 @@ class GenerationPipeline:
             self._store_futures.append(future)
 
     def stop(self) -> None:
-        """Start no further requests (on_kill); requests in flight finish or are cut by closing sessions."""
+        """Start no further requests (on_kill) and close the hook's idle connections."""
         self._stop.set()
         self.hook.close()
 
@@ -219,11 +216,8 @@ class GenerationPipeline:
 
     # --- recording (both paths) ---
 
-    def store_result(
-        self, job: Job, result: ImageGenerationResult, fetch: Callable[[api.GeneratedImage], bytes] | None = None
-    ) -> None:
+    def store_result(self, job: Job, result: ImageGenerationResult) -> None:
         """Fetch, verify, upload and record each image of one request as it comes (one image in memory)."""
-        fetch = fetch or self.hook.fetch_image
         record = self.records[job.prompt_index]
         with self._lock:
             record.request_ids.extend(result.request_ids)
@@ -240,7 +234,7 @@ class GenerationPipeline:
         for image in result.images:
             index = job.first_image_index + image.index
             try:
-                data = fetch(image)
+                data = self.hook.fetch_image(image)
                 kind = api.verify_image(data, f"Image {index} of prompt {job.prompt_index}")
                 key = image_key(self.store.prefix, job.prompt_index, index, kind.extension)
                 metadata = {
@@ -358,7 +352,8 @@ class GenerationPipeline:
     def manifest(self, status: str) -> dict[str, Any]:
         with self._lock:
             records = [r.to_json() for r in self.records]
-            usage = sum_usage(self.records)
+            usages = [usage for r in self.records for usage in r.usage]
+            usage = api.sum_usage(usages) if usages else None
             request_ids = [rid for r in self.records for rid in r.request_ids]
         ticks = (usage or {}).get("cost_in_usd_ticks")
         return {
@@ -387,8 +382,8 @@ class GenerationPipeline:
             "prompts": records,
         }
 
-    def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Settle each prompt, write the final manifest, and return (XCom list, manifest). Raise if incomplete."""
+    def finalize(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Settle each prompt and write the final manifest; return (XCom list, manifest)."""
         for record in self.records:
             settle_status(record, allow_partial=self.allow_partial)
         statuses = {r.status for r in self.records}
@@ -396,13 +391,17 @@ class GenerationPipeline:
         manifest = self.manifest(status)
         self.store.write_manifest(manifest)
         images = sorted((i for r in self.records for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
-        xcom = [i.to_xcom() for i in images]
         self.log.info(
             "Stored %d images (%d reused from an earlier try); manifest %s.",
-            len(xcom),
+            len(images),
             self.reused,
             self.store.uri(self.store.manifest_key),
         )
+        return [i.to_xcom() for i in images], manifest
+
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """:meth:`finalize`, then raise :class:`GrokIncompleteError` if a prompt is incomplete."""
+        xcom, manifest = self.finalize()
         failed = [r for r in self.records if r.status == "failed"]
         if failed:
             lines = [

@@ -292,7 +292,11 @@ class GrokGenerateImagesOperator(BaseOperator):
             error_type = getattr(exceptions, str(event.get("error_type")), None)
             if not (isinstance(error_type, type) and issubclass(error_type, exceptions.GrokError)):
                 error_type = exceptions.GrokError
-            raise error_type(str(event.get("message")), status=event.get("status_code"))
+            error = error_type(str(event.get("message")), status=event.get("status_code"))
+            for job in pipeline.pending_jobs():
+                pipeline.record_failure(job, f"{type(error).__name__}: {error.message}")
+            pipeline.finalize()  # the manifest says what happened; the task fails with the original error
+            raise error
         pipeline.apply_event(event["results"])
         expired = pipeline.take_expired_jobs()
         if expired:
@@ -319,7 +323,10 @@ class GrokGenerateImagesOperator(BaseOperator):
         return xcom
 
     def on_kill(self) -> None:
-        """Start no further request and cut the ones in flight; what is stored stays in the manifest."""
+        """
+        Start no further request. Requests in flight end with their answer (which is still stored) or their
+        timeout; Airflow ends the process after its grace period anyway. The manifest records what was stored.
+        """
         self._kill_requested = True
         if self._pipeline is not None:
             self._pipeline.stop()

@@ -89,7 +89,8 @@ def test_expired_urls_are_regenerated_synchronously_and_logged(grok_simulator, s
 def test_error_event_fails_with_the_original_error(grok_simulator, s3, dag_runner, monkeypatch, capfd):
     monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", grok_simulator.connection_json(api_key="wrong-key-1234"))
     source = dag_source(
-        f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], s3_bucket="{s3.bucket}", deferrable=True)'
+        f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], s3_bucket="{s3.bucket}", '
+        's3_key_prefix="autherr", deferrable=True)'
     )
     result = dag_runner.run(source)
 
@@ -97,6 +98,9 @@ def test_error_event_fails_with_the_original_error(grok_simulator, s3, dag_runne
     logs = capfd.readouterr().out
     assert "GrokAuthError" in logs and "Incorrect API key provided" in logs
     assert "wrong-key-1234" not in logs
+    manifest = s3.manifest("autherr")  # not left "in_progress": it says why nothing was stored
+    assert manifest["status"] == "failed"
+    assert all(r["error"].startswith("GrokAuthError: ") for r in manifest["prompts"])
 
 
 def test_per_prompt_failure_in_the_trigger_keeps_the_rest(grok_simulator, s3, dag_runner, monkeypatch):
