@@ -173,6 +173,23 @@ class DagResult:
             )
             return None if row is None else XComModel.deserialize_value(row)
 
+    def extra_link(self, task_id: str, link_name: str, map_index: int = -1) -> str | None:
+        """The task's extra link as the API server resolves it: from the serialized DAG in the DB."""
+        from airflow.models import TaskInstance
+        from airflow.models.serialized_dag import SerializedDagModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            serialized = SerializedDagModel.get(self.dag_id, session=session)
+            assert serialized is not None
+            task = serialized.dag.get_task(task_id)
+            ti = (
+                session.query(TaskInstance)
+                .filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id, map_index=map_index)
+                .one()
+            )
+            return task.get_extra_links(ti, link_name)
+
     def asset_events(self, uri: str) -> list[dict[str, Any]]:
         from airflow.models.asset import AssetEvent, AssetModel
         from airflow.utils.session import create_session

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_grok.operators._pipeline import GenerationPipeline
 
-MANIFEST_LINK_XCOM_KEY = "grok_manifest_link"
 # S3 bucket naming rules (also what MinIO, R2 and Ceph accept): 3-63 chars, lowercase, digits, dots, hyphens.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 GENERATION_FIELDS = (
@@ -43,14 +42,19 @@ def _default_deferrable() -> bool:
 
 
 class GrokManifestLink(BaseOperatorLink):
-    """Link from the task in the Airflow UI to its ``manifest.json`` (AWS console, or the S3 endpoint URL)."""
+    """
+    Link from the task in the Airflow UI to its ``manifest.json`` (AWS console, or the S3 endpoint URL).
+
+    The operator stores the URL in XCom under :attr:`xcom_key`. After ``execute`` the task runner calls
+    :meth:`get_link` and stores its answer under that same key, which is where the API server reads it.
+    """
 
     name = "Grok manifest"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        return XCom.get_value(key=MANIFEST_LINK_XCOM_KEY, ti_key=ti_key) or ""
+        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
 
 
 class GrokGenerateImagesOperator(BaseOperator):
@@ -340,7 +344,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             url = f"{endpoint.rstrip('/')}/{store.bucket}/{store.manifest_key}"
         else:
             url = f"https://s3.console.aws.amazon.com/s3/object/{store.bucket}?prefix={store.manifest_key}"
-        context["ti"].xcom_push(key=MANIFEST_LINK_XCOM_KEY, value=url)
+        context["ti"].xcom_push(key=GrokManifestLink().xcom_key, value=url)
 
     def _emit_asset_events(self, context: Context, pipeline: GenerationPipeline, manifest: dict[str, Any]) -> None:
         from airflow.sdk import Asset, AssetAlias

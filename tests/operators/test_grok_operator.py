@@ -66,8 +66,7 @@ def test_one_prompt(grok_simulator, s3, dag_runner):
     assert manifest["cost_usd"] == pytest.approx(0.02) and manifest["request_ids"] == ["sim-1"]
     assert_objects_match_manifest(s3, manifest)
     assert [c.body["response_format"] for c in grok_simulator.generation_calls] == ["b64_json"]
-    link = result.xcom("gen", key="grok_manifest_link")
-    assert link == f"{s3.endpoint}/{s3.bucket}/{prefix}/manifest.json"
+    assert result.extra_link("gen", "Grok manifest") == f"{s3.endpoint}/{s3.bucket}/{prefix}/manifest.json"
 
 
 def test_list_of_prompts_with_n(grok_simulator, s3, dag_runner):
