@@ -71,10 +71,7 @@ class GrokHookBase(BaseHook):
         self.retry_backoff = retry_backoff
 
     def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> ConnectionSettings:
-        from airflow.sdk.log import mask_secret
-
-        if conn.password:
-            mask_secret(conn.password)
+        """Parse and validate a connection (the caller has registered its password with the secrets masker)."""
         settings, unknown = api.settings_from_connection(conn.host, conn.password, extra, conn.port)
         if unknown:
             self.log.warning(
@@ -217,7 +214,11 @@ class GrokHook(GrokHookBase):
 
     @cached_property
     def settings(self) -> ConnectionSettings:
+        from airflow.sdk.log import mask_secret
+
         conn = self.get_connection(self.grok_conn_id)
+        if conn.password:
+            mask_secret(conn.password)
         return self._settings_from(conn, conn.extra_dejson)
 
     @cached_property
@@ -441,13 +442,18 @@ class GrokAsyncHook(GrokHookBase):
     async def load_settings(self) -> ConnectionSettings:
         """Read and validate the connection once, without blocking the event loop."""
         if self._settings is None:
-            if hasattr(BaseHook, "aget_connection"):  # Airflow 3.3+
-                conn = await BaseHook.aget_connection(self.grok_conn_id)
-            else:  # Airflow 3.2
-                from airflow.providers.common.compat.connection import get_async_connection
+            # The compat helpers pick what is safe on an event loop for this Airflow version: before 3.3.2,
+            # aget_connection and extra_dejson mask secrets with a blocking call to the supervisor.
+            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+            from airflow.sdk import log as sdk_log
 
-                conn = await get_async_connection(self.grok_conn_id)
-            extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
+            conn = await get_async_connection(self.grok_conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            if conn.password:
+                if hasattr(sdk_log, "amask_secret"):  # Airflow 3.3+
+                    await sdk_log.amask_secret(conn.password)
+                else:
+                    sdk_log.mask_secret(conn.password)
             self._settings = self._settings_from(conn, extra)
         return self._settings
 

@@ -203,3 +203,11 @@ async def test_async_rate_cap(xai_sim, make_conn):
         await hook.aclose()
     starts = sorted(c.started for c in xai_sim.calls)
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.09
+
+
+async def test_async_hook_registers_the_key_with_the_secrets_masker(xai_sim, make_conn):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    hook = GrokAsyncHook(make_conn(xai_sim))
+    await hook.load_settings()
+    assert xai_sim.api_key not in str(redact(f"token={xai_sim.api_key}"))
