@@ -146,6 +146,17 @@ class GrokHookBase(BaseHook):
         self._log_retry(what, failure, retries_done, delay)
         return delay
 
+    @staticmethod
+    def _generation_result(body: dict[str, Any], content: bytes, headers: Mapping[str, str]) -> ImageGenerationResult:
+        """Read a 2xx answer to ``body`` (a body that is not JSON becomes a readable GrokResponseError)."""
+        try:
+            payload = json.loads(content)
+        except ValueError:
+            payload = content[:200].decode("utf-8", "replace")
+        return api.parse_generation_response(
+            payload, requested=body["n"], request_id=api.request_id_from_headers(headers)
+        )
+
     def _log_retry(self, what: str, failure: str, retries_done: int, delay: float) -> None:
         self.log.warning(
             "%s failed (%s); retry %d of %d in %.1f s. A retried generation may be billed again.",
@@ -277,13 +288,7 @@ class GrokHook(GrokHookBase):
 
     def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
         response, content = self._call("POST", api.GENERATIONS_PATH, body)
-        try:
-            payload = json.loads(content)
-        except ValueError:
-            payload = content[:200].decode("utf-8", "replace")
-        return api.parse_generation_response(
-            payload, requested=body["n"], request_id=api.request_id_from_headers(response.headers)
-        )
+        return self._generation_result(body, content, response.headers)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[requests.Response, bytes]:
         """Send one API request with throttling and bounded retries; return a 2xx response and its body, or raise."""
@@ -486,13 +491,7 @@ class GrokAsyncHook(GrokHookBase):
 
     async def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
         response = await self._call("POST", api.GENERATIONS_PATH, body)
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = response.text[:200]
-        return api.parse_generation_response(
-            payload, requested=body["n"], request_id=api.request_id_from_headers(response.headers)
-        )
+        return self._generation_result(body, response.content, response.headers)
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
