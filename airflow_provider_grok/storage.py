@@ -25,6 +25,7 @@ from airflow_provider_grok.exceptions import GrokStorageError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+GENERATOR = f"airflow-provider-grok/{__version__}"  # in object metadata and manifests
 
 # put_object arguments a user may add through s3_extra_args. The provider sets Bucket, Key, Body,
 # ContentType, Metadata and the checksum itself; anything else would fail only after money was spent.
@@ -135,9 +136,7 @@ class PromptRecord:
         return max((i.image_index for i in self.images), default=-1) + 1
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["images"] = [i.to_xcom() for i in self.images]
-        return data
+        return asdict(self)  # recurses: images become their XCom dicts
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PromptRecord:
@@ -164,6 +163,11 @@ def settle_status(record: PromptRecord, *, allow_partial: bool) -> None:
         record.status = "partial" if record.filtered else "complete"
 
 
+def _error_code(err: Exception) -> str:
+    """The S3 error code of a botocore ClientError (``NoSuchKey``, ``AccessDenied``...), else ``""``."""
+    return str(err.response.get("Error", {}).get("Code", "")) if isinstance(err, ClientError) else ""
+
+
 class S3ImageStore:
     """
     Reads and writes one task instance's images and manifest through the amazon provider's S3Hook,
@@ -185,7 +189,7 @@ class S3ImageStore:
         return f"s3://{self.bucket}/{key}"
 
     def _explain(self, action: str, key: str, err: Exception) -> GrokStorageError:
-        code = err.response.get("Error", {}).get("Code", "") if isinstance(err, ClientError) else ""
+        code = _error_code(err)
         status = (
             err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(err, ClientError) else None
         )
@@ -206,7 +210,7 @@ class S3ImageStore:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key)["Body"].read()
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _error_code(err) in ("NoSuchKey", "404"):
                 return None
             raise self._explain("read", self.manifest_key, err) from None
         except BotoCoreError as err:
@@ -219,7 +223,7 @@ class S3ImageStore:
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
-        self._put(self.manifest_key, body, "application/json", {"generator": f"airflow-provider-grok/{__version__}"})
+        self._put(self.manifest_key, body, "application/json", {"generator": GENERATOR})
 
     def put_image(self, key: str, data: bytes, content_type: str, metadata: Mapping[str, Any]) -> str:
         """Upload with a SHA-256 that S3 verifies on receipt; return the hex digest."""
@@ -255,7 +259,7 @@ class S3ImageStore:
                 found.update({o["Key"]: o["Size"] for o in page.get("Contents", []) if o["Key"] in wanted})
             return found
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in ("AccessDenied", "403"):
+            if _error_code(err) not in ("AccessDenied", "403"):
                 raise self._explain("list", self.prefix + "/", err) from None
         for key in wanted:
             try:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_grok import __version__, api
+from airflow_provider_grok import api
 from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
@@ -29,6 +29,7 @@ from airflow_provider_grok.exceptions import (
 )
 from airflow_provider_grok.hooks.grok import EXPIRED_URL_STATUSES, GrokHook
 from airflow_provider_grok.storage import (
+    GENERATOR,
     MANIFEST_VERSION,
     PromptRecord,
     S3ImageStore,
@@ -58,6 +59,15 @@ class TaskIdentity:
     run_id: str
     map_index: int
     try_number: int
+
+
+def _jobs_for(record: PromptRecord, count: int) -> list[Job]:
+    """Requests of at most 10 for ``count`` more images of a prompt, numbered after its stored ones."""
+    jobs, start = [], record.next_image_index()
+    for chunk in api.split_n(count):
+        jobs.append(Job(record.prompt_index, start, chunk))
+        start += chunk
+    return jobs
 
 
 class GenerationPipeline:
@@ -133,13 +143,7 @@ class GenerationPipeline:
 
     def pending_jobs(self) -> list[Job]:
         """The requests still needed: only the images not already stored (or removed by moderation)."""
-        jobs = []
-        for record in self.records:
-            start = record.next_image_index()
-            for count in api.split_n(record.missing) if record.missing else []:
-                jobs.append(Job(record.prompt_index, start, count))
-                start += count
-        return jobs
+        return [job for record in self.records if record.missing for job in _jobs_for(record, record.missing)]
 
     # --- generating (sync path) ---
 
@@ -231,6 +235,7 @@ class GenerationPipeline:
                 result.filtered_count,
                 job.count,
             )
+        model = result.model or self.params[job.prompt_index].model
         for image in result.images:
             index = job.first_image_index + image.index
             try:
@@ -240,8 +245,8 @@ class GenerationPipeline:
                 metadata = {
                     "prompt-index": job.prompt_index,
                     "image-index": index,
-                    "model": result.model or self.params[job.prompt_index].model,
-                    "generator": f"airflow-provider-grok/{__version__}",
+                    "model": model,
+                    "generator": GENERATOR,
                     "dag-id": self.identity.dag_id,
                     "task-id": self.identity.task_id,
                 }
@@ -258,7 +263,7 @@ class GenerationPipeline:
                 sha256=digest,
                 prompt=record.prompt,
                 revised_prompt=image.revised_prompt,
-                model=result.model or self.params[job.prompt_index].model,
+                model=model,
                 prompt_index=job.prompt_index,
                 image_index=index,
             )
@@ -324,13 +329,9 @@ class GenerationPipeline:
         jobs = []
         for record in self.records:
             expired = [e for e in record.not_stored if e.get("status") in EXPIRED_URL_STATUSES]
-            if not expired:
-                continue
-            record.not_stored = [e for e in record.not_stored if e not in expired]
-            start = record.next_image_index()
-            for count in api.split_n(len(expired)):
-                jobs.append(Job(record.prompt_index, start, count))
-                start += count
+            if expired:
+                record.not_stored = [e for e in record.not_stored if e not in expired]
+                jobs.extend(_jobs_for(record, len(expired)))
         return jobs
 
     # --- reporting ---
@@ -358,7 +359,7 @@ class GenerationPipeline:
         ticks = (usage or {}).get("cost_in_usd_ticks")
         return {
             "manifest_version": MANIFEST_VERSION,
-            "generator": f"airflow-provider-grok/{__version__}",
+            "generator": GENERATOR,
             "status": status,
             "updated_at": datetime.now(UTC).isoformat(),
             "dag_id": self.identity.dag_id,
