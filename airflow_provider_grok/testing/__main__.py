@@ -1,4 +1,9 @@
-"""Run the Grok simulator from a shell: ``python -m airflow_provider_grok.testing --help``."""
+"""Run the Grok simulator from a shell: ``python -m airflow_provider_grok.testing --help``.
+
+Other processes read its call log and billing, and inject faults and latency, over HTTP on the same
+port: ``GET /_simulator/calls``, ``GET /_simulator/billing``, ``POST /_simulator/fail`` and the rest
+(``GET /_simulator/help`` lists them), or with ``airflow_provider_grok.testing.SimulatorControl``.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with sim:
-        info = {"base_url": sim.base_url, "image_base_url": sim.image_base_url, "connection": sim.connection_json()}
+        info = {
+            "base_url": sim.base_url,
+            "image_base_url": sim.image_base_url,
+            "control_url": f"{sim.base_url}/_simulator/",
+            "connection": sim.connection_json(),
+        }
         if args.ready_file:
             args.ready_file.write_text(json.dumps(info))
         print(f"Grok simulator ({args.dialect}) listening on {sim.base_url}, images on {sim.image_base_url}")
+        print(f"Call log, billing and faults over HTTP: {sim.base_url}/_simulator/help")
         print(f"export AIRFLOW_CONN_GROK_DEFAULT='{info['connection']}'", flush=True)
         stop.wait()
     return 0

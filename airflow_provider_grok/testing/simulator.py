@@ -23,6 +23,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -43,6 +44,19 @@ DIALECT_FIELDS = {
     "openai": {"size", "quality", "user"},
 }
 CORE = {"prompt", "model", "n", "response_format"}
+CONTROL_PREFIX = "/_simulator/"
+CONTROL_HELP = {
+    "GET /_simulator/calls": "every API call answered so far: method, path, status, request_id, body, billed_ticks",
+    "GET /_simulator/billing": "requests_billed, images_billed, cost_in_usd_ticks, cost_usd",
+    "POST /_simulator/latency": '{"seconds": 2.5}: every generation takes this long',
+    "POST /_simulator/fail": '{"status": 503, "times": 2, "retry_after": 1, "prompt_contains": "owl"}',
+    "POST /_simulator/drop_connections": '{"times": 1}',
+    "POST /_simulator/moderate": '{"keep": 0, "times": 1, "prompt_contains": "edgy"}',
+    "POST /_simulator/slow_down": '{"seconds": 5, "times": 1}',
+    "POST /_simulator/fail_downloads": '{"status": 503, "times": 1}',
+    "POST /_simulator/expire_urls": "{}",
+    "POST /_simulator/reset": "{}: forget faults and the call log",
+}
 
 
 @dataclass
@@ -56,10 +70,33 @@ class RecordedCall:
     status: int | None
     started: float
     finished: float
+    request_id: str | None = None
 
     @property
     def prompt(self) -> str | None:
         return self.body.get("prompt") if isinstance(self.body, dict) else None
+
+    @property
+    def billed_ticks(self) -> int:
+        """What the simulated gateway charged: every image asked for in an answered generation."""
+        if self.status != 200 or not self.path.endswith("/images/generations") or not isinstance(self.body, dict):
+            return 0
+        n = self.body.get("n", 1)
+        return TICKS_PER_IMAGE * n if isinstance(n, int) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as the control API shows it (no Authorization header)."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "request_id": self.request_id,
+            "prompt": self.prompt,
+            "body": self.body if isinstance(self.body, dict) else None,
+            "started": self.started,
+            "finished": self.finished,
+            "billed_ticks": self.billed_ticks,
+        }
 
 
 @dataclass
@@ -238,6 +275,52 @@ class GrokSimulator:
     def generation_calls(self) -> list[RecordedCall]:
         return [c for c in self.calls if c.method == "POST" and c.path.endswith("/images/generations")]
 
+    def billing(self) -> dict[str, Any]:
+        """What the simulated gateway billed so far: answered generations and their cost."""
+        with self._lock:
+            billed = [c for c in self.calls if c.billed_ticks]
+        ticks = sum(c.billed_ticks for c in billed)
+        return {
+            "requests_billed": len(billed),
+            "images_billed": ticks // TICKS_PER_IMAGE,
+            "cost_in_usd_ticks": ticks,
+            "cost_usd": ticks / api.USD_TICKS,
+        }
+
+    # --- control over HTTP (for other processes: `python -m airflow_provider_grok.testing`) ---
+
+    def control(self, method: str, action: str, args: dict[str, Any]) -> tuple[int, Any]:
+        """Answer ``{method} /_simulator/{action}``; see :data:`CONTROL_HELP`."""
+        faults: dict[str, Callable[..., None]] = {
+            "fail": self.fail,
+            "drop_connections": self.drop_connections,
+            "moderate": self.moderate,
+            "slow_down": self.slow_down,
+            "fail_downloads": self.fail_downloads,
+            "serve_non_images": self.serve_non_images,
+        }
+        if method == "GET" and action == "calls":
+            with self._lock:
+                return 200, [c.to_json() for c in self.calls]
+        if method == "GET" and action == "billing":
+            return 200, self.billing()
+        if method == "POST" and action in faults:
+            try:
+                faults[action](**args)
+            except TypeError as err:
+                return 400, {"error": f"{action}: {err}"}
+            return 200, {"ok": True}
+        if method == "POST" and action == "latency":
+            seconds = args.get("seconds")
+            if not isinstance(seconds, int | float) or seconds < 0:
+                return 400, {"error": 'latency: give {"seconds": <number >= 0>}'}
+            self.latency = float(seconds)
+            return 200, {"ok": True}
+        if method == "POST" and action in ("reset", "expire_urls"):
+            getattr(self, action)()
+            return 200, {"ok": True}
+        return 404, {"error": f"unknown control {method} /_simulator/{action}", "help": CONTROL_HELP}
+
     def _add(self, faults: list[_Fault], kind: str, times: int | None, prompt: str | None, **params: Any) -> None:
         with self._lock:
             faults.append(_Fault(kind, times, prompt, params))
@@ -376,13 +459,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode("utf-8", "replace")
         request_id = f"sim-{next(self.sim._ids)}"
-        self._record = RecordedCall(method, self.path, headers, body, None, started, started)
+        self._record = RecordedCall(method, self.path, headers, body, None, started, started, request_id)
         self._log = self.sim.calls
         self._answer_api(method, body, headers, request_id)
 
     def _answer_api(self, method: str, body: Any, headers: dict[str, str], request_id: str) -> int | None:
         sim = self.sim
         path = self.path.split("?")[0]
+        if path.startswith(CONTROL_PREFIX):
+            self._log = []  # control calls stay out of the call log
+            status, payload = sim.control(method, path.removeprefix(CONTROL_PREFIX), body or {})
+            return self._json(status, payload)
         if method == "GET" and path == "/v1/models" and sim.models_endpoint:
             if refusal := sim.check_key(headers):
                 return self._json(*refusal, request_id=request_id)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 
 import pytest
 import requests
@@ -122,3 +123,43 @@ def test_cli_serves_until_terminated(tmp_path):
         process.terminate()
         assert process.wait(timeout=10) == 0
     assert "export AIRFLOW_CONN_GROK_DEFAULT=" in process.stdout.read()
+
+
+def test_another_process_reads_the_call_log_and_injects_faults_over_http(tmp_path, monkeypatch):
+    from airflow_provider_grok.hooks.grok import GrokHook
+    from airflow_provider_grok.testing import SimulatorControl
+
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_grok.testing", "--ready-file", str(ready)], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the simulator did not start"
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        assert info["control_url"] == info["base_url"] + "/_simulator/"
+        sim = SimulatorControl(info["base_url"])
+        monkeypatch.setenv("AIRFLOW_CONN_GROK_CTL", info["connection"])
+        sim.fail(503, times=1)
+        sim.set_latency(0.3)
+
+        started = time.monotonic()
+        result = GrokHook("grok_ctl", retry_backoff=0.01).generate_images("a fox", n=3)
+
+        assert time.monotonic() - started >= 0.6  # both attempts took the injected latency
+        calls = sim.generation_calls()
+        assert [c["status"] for c in calls] == [503, 200]
+        assert calls[1]["request_id"] == result.request_ids[0] and calls[1]["body"]["n"] == 3
+        assert sim.billing() == {
+            "requests_billed": 1, "images_billed": 3, "cost_in_usd_ticks": 600_000_000, "cost_usd": 0.06
+        }  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            sim._call("POST", "latency", {"seconds": "slow"})
+        assert refused.value.code == 400
+        sim.reset()
+        assert sim.calls() == []
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
