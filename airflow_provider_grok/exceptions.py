@@ -97,3 +97,7 @@ class GrokStorageError(GrokError):
 
 class GrokIncompleteError(GrokError):
     """Some prompts produced no stored images. What was stored stays in S3 and in the manifest."""
+
+
+class GrokPrefixInUseError(GrokValidationError):
+    """The S3 prefix holds another task instance's images: refused before any request, nothing adopted."""

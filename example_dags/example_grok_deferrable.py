@@ -2,12 +2,10 @@
 The deferrable variant: generation is awaited in the triggerer, not in a worker slot.
 
 A 2k image takes 60-80 s; with ``deferrable=True`` a mapped task over hundreds of prompts holds no
-worker slot while it waits. The worker runs twice, briefly: to validate and defer, then to fetch and
-store the images (the trigger asks for URLs so its event stays small). If the URLs expired before the
-worker resumed, it regenerates those images (billed again) and says so in the log.
-
-Trade-off: if the triggerer restarts mid-request, the trigger runs again and may repeat a POST that the
-gateway already billed. Use the sync mode when that matters more than worker slots.
+worker slot while it waits. The worker runs twice, briefly: to validate and defer, then to write the
+manifest. The trigger stores each answer's images in S3 as it arrives and records every request, so a
+triggerer restart (an upgrade, a crash) sends again only the requests that were in flight at that moment,
+and no temporary URL can expire while the task waits.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ with DAG(
     GrokGenerateImagesOperator.partial(
         task_id="generate",
         s3_bucket=BUCKET,
-        s3_key_prefix="deferred/{{ ds }}",
         n=2,
         resolution="2k",
         deferrable=True,

@@ -25,11 +25,12 @@ with DAG(
 ) as dag:
 
     @task
-    def best_of_three(ds: str) -> dict:
+    def best_of_three(run_id: str) -> dict:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from airflow_provider_grok.api import sniff_image_type
         from airflow_provider_grok.hooks.grok import GrokHook
+        from airflow_provider_grok.manifest import safe_key_part
 
         hook = GrokHook(grok_conn_id="grok_default")
         result = hook.generate_images(
@@ -39,7 +40,7 @@ with DAG(
         data, chosen = max(candidates, key=lambda candidate: len(candidate[0]))
         kind = sniff_image_type(data)
         assert kind is not None  # fetch_image verified it is an image
-        key = f"taskflow/{ds}/best.{kind.extension}"
+        key = f"taskflow/{safe_key_part(run_id)}/best.{kind.extension}"  # one object per run, never shared
         S3Hook(aws_conn_id="aws_default").load_bytes(data, key, bucket_name=BUCKET, replace=True)
         return {
             "s3_uri": f"s3://{BUCKET}/{key}",

@@ -72,14 +72,24 @@ def run(command: list[str], env: dict[str, str], log: Path) -> None:
         raise SystemExit(f"`{' '.join(command[1:])}` failed with exit code {code}. Last lines of {log}:\n{tail}")
 
 
-def download(env: dict[str, str], bucket: str, prefix: str) -> list[dict[str, Any]]:
-    """Copy everything under the run's prefix to ./demo-output/; return the manifests."""
+def download(env: dict[str, str], bucket: str, dag_prefix: str) -> list[dict[str, Any]]:
+    """Copy the newest run's folder under ``dag_prefix`` (the one whose gallery is newest) to ./demo-output/."""
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = env.get(
         "AIRFLOW_CONN_AWS_DEFAULT", os.environ.get("AIRFLOW_CONN_AWS_DEFAULT", "")
     )
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     client = S3Hook(aws_conn_id="aws_default").get_conn()
+    galleries = [
+        item
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=dag_prefix + "/")
+        for item in page.get("Contents", [])
+        if item["Key"].endswith("/index.html")
+    ]
+    if not galleries:
+        return []
+    prefix = max(galleries, key=lambda item: item["LastModified"])["Key"].removesuffix("/index.html")
+    print(f"Images and gallery of this run: s3://{bucket}/{prefix}/")
     manifests = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for item in page.get("Contents", []):
@@ -123,7 +133,7 @@ def main() -> int:
         print(f"Airflow's own log: {log}")
         run([AIRFLOW, "db", "migrate"], env, log)
         run([AIRFLOW, "dags", "test", DAG_ID, ds], env, log)
-        manifests = download(env, bucket, f"content/{ds}")
+        manifests = download(env, bucket, f"grok/{DAG_ID}")
 
     rows = [
         (image["prompt"], image["s3_uri"], image["size_bytes"])

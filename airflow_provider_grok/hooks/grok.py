@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import difflib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Unpack
 
@@ -34,7 +37,21 @@ from airflow_provider_grok.exceptions import (
     GrokValidationError,
 )
 
-__all__ = ["GeneratedImage", "GrokAsyncHook", "GrokHook", "ImageGenerationResult"]
+__all__ = ["GeneratedImage", "GrokAsyncHook", "GrokHook", "ImageGenerationResult", "log_label"]
+
+# What the hook's log lines are about ("Prompt 3: ..."), set by callers that run many calls in threads.
+_LOG_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("grok_log_label", default="")
+
+
+@contextmanager
+def log_label(label: str) -> Iterator[None]:
+    """Prefix the hook's log lines in this thread (or task) with ``label``, e.g. the prompt they concern."""
+    token = _LOG_LABEL.set(f"{label}: ")
+    try:
+        yield
+    finally:
+        _LOG_LABEL.reset(token)
+
 
 # Connections kept per pool: enough for the operator's max_concurrency and for split requests.
 POOL_SIZE = 32
@@ -68,11 +85,13 @@ class GrokHookBase(BaseHook):
         super().__init__(**kwargs)
         self.grok_conn_id = grok_conn_id
         self.max_image_bytes = max_image_bytes
+        self.unknown_extras: list[str] = []
         self.retry_backoff = retry_backoff
 
     def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> ConnectionSettings:
         """Parse and validate a connection (the caller has registered its password with the secrets masker)."""
         settings, unknown = api.settings_from_connection(conn.host, conn.password, extra, conn.port)
+        self.unknown_extras = unknown
         if unknown:
             self.log.warning(
                 "Connection %r has extras this provider does not know and ignores: %s (known: %s).",
@@ -159,7 +178,8 @@ class GrokHookBase(BaseHook):
 
     def _log_retry(self, what: str, failure: str, retries_done: int, delay: float) -> None:
         self.log.warning(
-            "%s failed (%s); retry %d of %d in %.1f s. A retried generation may be billed again.",
+            "%s%s failed (%s); retry %d of %d in %.1f s. A retried generation may be billed again.",
+            _LOG_LABEL.get(),
             what,
             failure,
             retries_done + 1,
@@ -178,13 +198,16 @@ class GrokHookBase(BaseHook):
             )
         if result.filtered_count:
             self.log.warning(
-                "Content moderation removed %d of %d images (request ids: %s).",
+                "%sContent moderation removed %d of %d images (request ids: %s).",
+                _LOG_LABEL.get(),
                 result.filtered_count,
                 result.requested,
                 ", ".join(result.request_ids) or "none",
             )
         cost = f", cost ${result.cost_usd:.4f}" if result.cost_usd is not None else ""
-        self.log.info("Generated %d of %d images with %s%s.", len(result.images), params.n, params.model, cost)
+        self.log.info(
+            "%sGenerated %d of %d images with %s%s.", _LOG_LABEL.get(), len(result.images), params.n, params.model, cost
+        )
         return result
 
     @staticmethod
@@ -279,7 +302,8 @@ class GrokHook(GrokHookBase):
             return self._finish(params, self._post_generation(bodies[0]))
         self.log.info("Splitting n=%d into %d concurrent requests of at most 10.", params.n, len(bodies))
         with ThreadPoolExecutor(len(bodies), thread_name_prefix="grok-split") as pool:
-            futures = [pool.submit(self._post_generation, body) for body in bodies]
+            # Each thread runs in a copy of this context, so its log lines keep the caller's label.
+            futures = [pool.submit(contextvars.copy_context().run, self._post_generation, body) for body in bodies]
             outcomes: list[ImageGenerationResult | BaseException] = []
             for future in futures:
                 error = future.exception()
@@ -416,9 +440,20 @@ class GrokHook(GrokHookBase):
             return False, err.message
         except requests.RequestException as err:
             return False, f"Could not reach the gateway: {type(err).__name__}: {err}"
-        return api.connection_test_outcome(
+        ok, message = api.connection_test_outcome(
             response.status_code, response.text, response.headers.get("content-type"), settings
         )
+        if self.unknown_extras:
+            # Shown in the UI's answer, not only in the api-server log: a typo must not pass silently.
+            names = []
+            for name in self.unknown_extras:
+                close = difflib.get_close_matches(name, api.CONNECTION_EXTRAS, n=1)
+                names.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            return False, (
+                f"{message} But the connection has extras this provider does not know and would ignore: "
+                f"{', '.join(names)}. Known extras: {', '.join(api.CONNECTION_EXTRAS)}."
+            )
+        return ok, message
 
 
 class GrokAsyncHook(GrokHookBase):

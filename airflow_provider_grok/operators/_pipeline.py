@@ -1,17 +1,26 @@
 """
 The work of one GrokGenerateImagesOperator task instance: plan, generate, store, record.
 
-Imported by the operator at run time only (it pulls in requests and boto3). Both the sync path and the
-deferred path (the trigger generates, the worker stores) go through :meth:`GenerationPipeline.store_result`,
-so an image is fetched, checked, uploaded and recorded the same way whichever path produced it.
+Imported by the operator at run time only (it pulls in requests and boto3). Money is the main resource,
+so every request follows the same durable order, whoever sends it (this worker, or the trigger in the
+triggerer, through the same :class:`RequestLedger`):
+
+1. write the request's receipt as ``sent`` (a crash now leaves a request that *may* have been billed);
+2. send it; write the receipt as ``answered`` with its request ids and usage (what was billed);
+3. store each image, its object metadata being its own record (a crash now loses no stored image);
+4. write the receipt as ``stored``.
+
+A retry folds the receipts, the objects and the manifest (``manifest.py``) and pays only for what is
+not stored. See ``manifest.py`` for what each record means.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -19,27 +28,41 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_grok import api
-from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
+from airflow_provider_grok.api import GeneratedImage, GenerationParams, ImageGenerationResult
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
     GrokImageDownloadError,
     GrokIncompleteError,
+    GrokPrefixInUseError,
     GrokStorageError,
+    GrokTransportError,
 )
-from airflow_provider_grok.hooks.grok import EXPIRED_URL_STATUSES, GrokHook
-from airflow_provider_grok.storage import (
+from airflow_provider_grok.hooks.grok import GrokHook, log_label
+from airflow_provider_grok.manifest import (
+    ANSWERED,
+    FAILED,
+    FILTERED,
     GENERATOR,
     MANIFEST_VERSION,
+    STORED,
     PromptRecord,
-    S3ImageStore,
+    RequestRecord,
     StoredImage,
+    TaskIdentity,
+    cost_summary,
+    describe_cost,
     fingerprint,
     image_key,
+    image_metadata,
+    is_receipt_key,
+    newer,
+    parse_image_key,
+    receipt_key,
     settle_status,
 )
+from airflow_provider_grok.storage import S3ImageStore
 
-CHECKPOINT_SECONDS = 5.0  # how often the manifest is rewritten while work is in progress
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
 
 
@@ -47,27 +70,128 @@ STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a
 class Job:
     """One generation request: ``count`` (<= 10) images of one prompt, numbered from ``first_image_index``."""
 
+    id: str
     prompt_index: int
     first_image_index: int
     count: int
+    fingerprint: str
+
+    def record(self, try_number: int) -> RequestRecord:
+        return RequestRecord(
+            id=self.id,
+            try_number=try_number,
+            prompt_index=self.prompt_index,
+            first_image_index=self.first_image_index,
+            count=self.count,
+            fingerprint=self.fingerprint,
+        )
 
 
-@dataclass(frozen=True)
-class TaskIdentity:
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    try_number: int
+class RequestLedger:
+    """
+    Writes request receipts and stores an answer's images: the one durable sequence, used by the worker's
+    threads and by the trigger (through ``asyncio.to_thread``) alike.
 
+    :param fetch_image: turns a returned image into bytes (``GrokHook.fetch_image``).
+    """
 
-def _jobs_for(record: PromptRecord, count: int) -> list[Job]:
-    """Requests of at most 10 for ``count`` more images of a prompt, numbered after its stored ones."""
-    jobs, start = [], record.next_image_index()
-    for chunk in api.split_n(count):
-        jobs.append(Job(record.prompt_index, start, chunk))
-        start += chunk
-    return jobs
+    def __init__(
+        self,
+        store: S3ImageStore,
+        identity: TaskIdentity,
+        fetch_image: Callable[[GeneratedImage], bytes],
+        log: logging.Logger | Any,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.fetch_image = fetch_image
+        self.log = log
+
+    def _write(self, request: RequestRecord) -> None:
+        self.store.put_json(receipt_key(self.store.prefix, request.id), request.receipt(self.identity))
+
+    def sent(self, job: Job) -> RequestRecord:
+        """Record the intent before the request goes out (a crash after this may have been billed)."""
+        request = job.record(self.identity.try_number)
+        self._write(request)
+        return request
+
+    def answered(self, request: RequestRecord, result: ImageGenerationResult, default_model: str | None) -> None:
+        """Record what the answer billed, before its images are fetched and stored."""
+        request.state = ANSWERED
+        request.returned = len(result.images)
+        request.filtered = result.filtered_count
+        request.model = result.model or default_model
+        request.usage = result.usage
+        request.request_ids = list(result.request_ids)
+        request.revised_prompts = [image.revised_prompt for image in result.images[: request.count]]
+        self._write(request)
+
+    def store_answer(self, request: RequestRecord, result: ImageGenerationResult, prompt: str) -> None:
+        """Fetch, verify and upload each image (one in memory at a time), then record the request as stored."""
+        images = result.images
+        if len(images) > request.count:
+            # Keys are numbered per request: an extra image would overwrite the next request's first image.
+            self.log.warning(
+                "Prompt %d: the gateway returned %d images for n=%d; the extra %d are billed but not stored.",
+                request.prompt_index,
+                len(images),
+                request.count,
+                len(images) - request.count,
+            )
+            images = images[: request.count]
+        for position, image in enumerate(images):
+            index = request.first_image_index + position
+            try:
+                request.images.append(self._store_image(request, image, index, prompt))
+            except (GrokImageDownloadError, GrokStorageError) as err:
+                self.log.error(
+                    "Prompt %d: image %d was generated but not stored: %s", request.prompt_index, index, err.message
+                )
+                request.not_stored.append(
+                    {"image_index": index, "url": image.url, "error": err.message, "status": err.status}
+                )
+        request.state = STORED
+        self._write(request)
+
+    def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> StoredImage:
+        data = self.fetch_image(image)
+        kind = api.verify_image(data, f"Image {index} of prompt {request.prompt_index}")
+        digest = hashlib.sha256(data)
+        key = image_key(self.store.prefix, request.prompt_index, index, kind.extension)
+        stored = StoredImage(
+            s3_uri=self.store.uri(key),
+            bucket=self.store.bucket,
+            key=key,
+            content_type=kind.mime_type,
+            size_bytes=len(data),
+            sha256=digest.hexdigest(),
+            prompt=prompt,
+            revised_prompt=image.revised_prompt,
+            model=request.model,
+            prompt_index=request.prompt_index,
+            image_index=index,
+        )
+        metadata = image_metadata(self.identity, stored, request.fingerprint, request.id)
+        self.store.put_image(key, data, kind.mime_type, metadata, digest=digest)
+        return stored
+
+    def filtered(self, request: RequestRecord, err: GrokContentFilteredError) -> None:
+        """Moderation refused every image: billed, nothing to store."""
+        request.state = FILTERED
+        request.returned = 0
+        request.filtered = request.count
+        request.request_ids = [err.request_id] if err.request_id else []
+        request.error = err.message
+        self._write(request)
+
+    def failed(self, request: RequestRecord, err: GrokError) -> None:
+        """The request failed after its retries. Without an HTTP answer it may still have been billed."""
+        request.state = FAILED
+        request.error = f"{type(err).__name__}: {err.message}"
+        request.maybe_billed = isinstance(err, GrokTransportError)
+        request.request_ids = [err.request_id] if err.request_id else []
+        self._write(request)
 
 
 class GenerationPipeline:
@@ -98,52 +222,172 @@ class GenerationPipeline:
         self.max_concurrency = max_concurrency
         self.allow_partial = allow_partial
         self.log = log
+        self.ledger = RequestLedger(store, identity, hook.fetch_image, log)
         self.records = [
             PromptRecord(i, p.prompt, fingerprint(p.prompt, request), p.n) for i, p in enumerate(self.params)
         ]
+        self.requests: dict[str, RequestRecord] = {}
         self.reused = 0
+        self._receipts: set[str] = set()  # receipt keys folded into the manifest, deleted once it is written
+        self._job_counter = 0
+        # Request ids must be unique across executions too: a cleared task may run its try number again.
+        self._execution = uuid.uuid4().hex[:6]
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._in_flight: dict[int, int] = {}
-        self._last_checkpoint = 0.0
         self._store_pool: ThreadPoolExecutor | None = None
         self._store_futures: list[Future[None]] = []
         self._store_slots = threading.BoundedSemaphore(max_concurrency)
 
-    # --- planning ---
+    # --- folding what earlier tries (or the trigger) left ---
 
-    def load_previous(self, manifest: dict[str, Any] | None) -> None:
-        """Adopt what an earlier try of this task instance stored, if its objects are still in S3."""
-        if manifest is None:
-            return
-        owner = (manifest.get("dag_id"), manifest.get("task_id"), manifest.get("map_index"))
-        mine = (self.identity.dag_id, self.identity.task_id, self.identity.map_index)
-        if owner != mine:
-            raise GrokStorageError(
-                f"{self.store.uri(self.store.manifest_key)} belongs to another task (dag {owner[0]!r}, task "
-                f"{owner[1]!r}, map index {owner[2]}); give this task its own s3_key_prefix so neither "
-                "overwrites the other's images."
-            )
-        previous = [PromptRecord.from_json(r) for r in manifest.get("prompts", [])]
-        sizes = self.store.existing_sizes(i.key for r in previous for i in r.images)
-        for old in previous:
-            if old.prompt_index >= len(self.records) or old.fingerprint != self.records[old.prompt_index].fingerprint:
-                continue  # the prompt or its parameters changed since: generate afresh
-            record = self.records[old.prompt_index]
-            record.images = [i for i in old.images if sizes.get(i.key) == i.size_bytes]
-            record.request_ids = old.request_ids
-            record.usage = old.usage
-            if old.status in ("complete", "partial") or (old.status == "filtered" and self.allow_partial):
-                record.filtered = old.filtered
-            self.reused += len(record.images)
+    def load_previous(self, manifest: dict[str, Any] | None, *, reuse_images: bool) -> None:
+        """
+        Fold the manifest, the receipts and the image objects under the prefix into this try's records,
+        refusing before any request if they belong to another task instance (another run above all).
+        """
+        self._check_owner(manifest, "its manifest")
+        listing = self.store.list_prefix()
+        receipt_keys = [key for key in listing if is_receipt_key(self.store.prefix, key)]
+        receipts = self.store.read_json_many(receipt_keys)
+        for receipt in receipts:
+            self._check_owner(receipt, "a request receipt")
+        self._receipts.update(receipt_keys)
+        for data in [*(manifest or {}).get("requests", []), *receipts]:
+            request = RequestRecord.from_json(data)
+            known = self.requests.get(request.id)
+            self.requests[request.id] = request if known is None else newer(known, request)
+        self._fold_attempts()
+        if reuse_images:
+            self._fold_images(manifest, listing)
         if self.reused:
             self.log.info(
                 "Found %d images stored by an earlier try in %s.", self.reused, self.store.uri(self.store.prefix)
             )
 
-    def pending_jobs(self) -> list[Job]:
-        """The requests still needed: only the images not already stored (or removed by moderation)."""
-        return [job for record in self.records if record.missing for job in _jobs_for(record, record.missing)]
+    def _check_owner(self, record: Mapping[str, Any] | None, what: str) -> None:
+        if record is None:
+            return
+        foreign = self.identity.foreign_owner(record)
+        if foreign is not None:
+            raise GrokPrefixInUseError(
+                f"{self.store.uri(self.store.prefix)}/ already holds the work of another task instance ({what} "
+                f"names {foreign}); this one is dag_id {self.identity.dag_id!r}, task_id "
+                f"{self.identity.task_id!r}, run_id {self.identity.run_id!r}, map_index {self.identity.map_index}. "
+                "Nothing was generated. Give each run its own s3_key_prefix (leave it unset for "
+                "grok/<dag>/<run>/<task>, or include {{ run_id }}), or delete that prefix to start over."
+            )
+
+    def _fold_attempts(self) -> None:
+        """Errors, unstored images and moderation of this try's requests (the trigger's, on resume)."""
+        for request in self.requests.values():
+            if request.prompt_index >= len(self.records):
+                continue
+            record = self.records[request.prompt_index]
+            if request.fingerprint != record.fingerprint or request.try_number != self.identity.try_number:
+                continue
+            if request.state == FAILED:
+                record.error = request.error
+            record.not_stored.extend(request.not_stored)
+
+    def _fold_images(self, manifest: Mapping[str, Any] | None, listing: Mapping[str, int]) -> None:
+        """Adopt every image still in S3 whose record says it is this task instance's, for this prompt."""
+        # key -> (prompt fingerprint, image, made by an earlier try)
+        candidates: dict[str, tuple[str, StoredImage, bool]] = {}
+        for prompt in (manifest or {}).get("prompts", []):
+            for image in prompt.get("images", []):
+                candidates[image["key"]] = (prompt.get("fingerprint"), StoredImage.from_json(image), True)
+        for request in self.requests.values():
+            earlier = request.try_number != self.identity.try_number
+            for image in request.images:
+                candidates[image.key] = (request.fingerprint, image, earlier)
+        orphans = [
+            key for key in listing if key not in candidates and parse_image_key(self.store.prefix, key) is not None
+        ]
+        for key, (size, content_type, metadata) in self.store.head_metadata(orphans).items():
+            adopted = self._adopt_orphan(key, size, content_type, metadata)
+            if adopted is not None:
+                candidates[key] = adopted
+        for key, (fingerprint_, image, earlier) in candidates.items():
+            if image.prompt_index >= len(self.records) or listing.get(key) != image.size_bytes:
+                continue  # gone, replaced, or beyond today's prompts
+            record = self.records[image.prompt_index]
+            if fingerprint_ == record.fingerprint:
+                record.add_image(image)
+                self.reused += earlier
+        for record in self.records:
+            filtered = sum(
+                r.filtered
+                for r in self.requests.values()
+                if r.prompt_index == record.prompt_index
+                and r.fingerprint == record.fingerprint
+                and r.state in (STORED, FILTERED)
+            )
+            if record.images or self.allow_partial:
+                record.filtered = min(filtered, record.requested - len(record.images))
+
+    def _adopt_orphan(
+        self, key: str, size: int, content_type: str, metadata: Mapping[str, str]
+    ) -> tuple[str, StoredImage, bool] | None:
+        """An image stored just before a crash, before its receipt said so: its metadata is its record."""
+        owner = {
+            "dag_id": metadata.get("dag-id"),
+            "task_id": metadata.get("task-id"),
+            "run_id": metadata.get("run-id"),
+            "map_index": int(metadata.get("map-index", "-2")),
+        }
+        if self.identity.foreign_owner(owner) is not None or not metadata.get("sha256"):
+            return None
+        prompt_index, image_index = int(metadata["prompt-index"]), int(metadata["image-index"])
+        if prompt_index >= len(self.records):
+            return None
+        request = self.requests.get(metadata.get("request", ""))
+        revised = None
+        if request is not None and 0 <= image_index - request.first_image_index < len(request.revised_prompts):
+            revised = request.revised_prompts[image_index - request.first_image_index]
+        image = StoredImage(
+            s3_uri=self.store.uri(key),
+            bucket=self.store.bucket,
+            key=key,
+            content_type=content_type,
+            size_bytes=size,
+            sha256=metadata["sha256"],
+            prompt=self.records[prompt_index].prompt,
+            revised_prompt=revised,
+            model=metadata.get("model") or None,
+            prompt_index=prompt_index,
+            image_index=image_index,
+        )
+        earlier = metadata.get("try-number") != str(self.identity.try_number)
+        return metadata.get("fingerprint", ""), image, earlier
+
+    def compact(self) -> None:
+        """Write the manifest with everything folded so far, then delete the receipts it now holds."""
+        self.store.write_manifest(self.manifest("in_progress"))
+        with self._lock:
+            folded, self._receipts = sorted(self._receipts), set()
+        self.store.delete(folded)
+
+    # --- planning ---
+
+    def pending_jobs(self, kind: str = "s") -> list[Job]:
+        """
+        The requests still needed: only the images not already stored (or removed by moderation).
+
+        ``kind`` tells who sends them (``s`` this worker, ``d`` the trigger): ids read ``t1-3f9a2c-d00007``.
+        """
+        jobs = []
+        for record in self.records:
+            start = record.next_image_index()
+            for chunk in api.split_n(record.missing) if record.missing else []:
+                self._job_counter += 1
+                job_id = f"t{self.identity.try_number}-{self._execution}-{kind}{self._job_counter:05d}"
+                jobs.append(Job(job_id, record.prompt_index, start, chunk, record.fingerprint))
+                start += chunk
+        return jobs
+
+    def job_params(self, job: Job) -> GenerationParams:
+        return self.params[job.prompt_index].with_n(job.count)
 
     # --- generating (sync path) ---
 
@@ -159,7 +403,6 @@ class GenerationPipeline:
         with self.storing(), ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
             for future in as_completed([pool.submit(self._run_job, job) for job in jobs]):
                 future.result()
-                self.checkpoint()
 
     @contextmanager
     def storing(self) -> Iterator[None]:
@@ -177,14 +420,52 @@ class GenerationPipeline:
                     future.result()
                 self._store_pool = None
 
-    def store_later(self, job: Job, result: ImageGenerationResult) -> None:
-        """Hand a result to the store pool (blocks while ``max_concurrency`` results already wait)."""
-        assert self._store_pool is not None, "store_later() needs an open storing() block"
+    def stop(self) -> None:
+        """Start no further requests (on_kill) and close the hook's idle connections."""
+        self._stop.set()
+        self.hook.close()
+
+    def _run_job(self, job: Job) -> None:
+        record = self.records[job.prompt_index]
+        if self._stop.is_set():
+            self._record_error(record, "not attempted: the task was stopped or an earlier error made it pointless")
+            return
+        with self._lock:
+            self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
+        try:
+            # Outside the error handling below: if the intent cannot be recorded, nothing is sent.
+            request = self.ledger.sent(job)
+            self._track(request)
+            params = self.job_params(job)
+            try:
+                with log_label(f"Prompt {job.prompt_index}"):
+                    result = self.hook.generate(params)
+            except GrokContentFilteredError as err:
+                self.log.warning("Prompt %d: %s", job.prompt_index, err.message)
+                self.ledger.filtered(request, err)
+                self._apply(request)
+                return
+            except GrokError as err:
+                self.ledger.failed(request, err)
+                self._apply(request)
+                if isinstance(err, api.BATCH_FATAL_ERRORS):
+                    self._stop.set()
+                return
+            self.ledger.answered(request, result, params.model)
+            self._store_later(request, result)
+        finally:
+            with self._lock:
+                self._in_flight[job.prompt_index] -= 1
+
+    def _store_later(self, request: RequestRecord, result: ImageGenerationResult) -> None:
+        """Hand an answer to the store pool (blocks while ``max_concurrency`` answers already wait)."""
+        assert self._store_pool is not None, "_store_later() needs an open storing() block"
         self._store_slots.acquire()
 
         def store() -> None:
             try:
-                self.store_result(job, result)
+                self.ledger.store_answer(request, result, self.records[request.prompt_index].prompt)
+                self._apply(request)
             finally:
                 self._store_slots.release()
                 self._log_progress()
@@ -193,146 +474,39 @@ class GenerationPipeline:
         with self._lock:
             self._store_futures.append(future)
 
-    def stop(self) -> None:
-        """Start no further requests (on_kill) and close the hook's idle connections."""
-        self._stop.set()
-        self.hook.close()
-
-    def _run_job(self, job: Job) -> None:
-        if self._stop.is_set():
-            self.record_failure(job, "not attempted: the task was stopped or an earlier error made it pointless")
-            return
+    def _track(self, request: RequestRecord) -> None:
         with self._lock:
-            self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
-        try:
-            result = self.hook.generate(self.params[job.prompt_index].with_n(job.count))
-        except GrokContentFilteredError as err:
-            self.record_filtered(job, err)
-        except GrokError as err:
-            self.record_failure(job, err.message)
-            if isinstance(err, api.BATCH_FATAL_ERRORS):
-                self._stop.set()
-        else:
-            self.store_later(job, result)
-        finally:
-            with self._lock:
-                self._in_flight[job.prompt_index] -= 1
+            self.requests[request.id] = request
+            self._receipts.add(receipt_key(self.store.prefix, request.id))
 
-    # --- recording (both paths) ---
-
-    def store_result(self, job: Job, result: ImageGenerationResult) -> None:
-        """Fetch, verify, upload and record each image of one request as it comes (one image in memory)."""
-        record = self.records[job.prompt_index]
+    def _apply(self, request: RequestRecord) -> None:
+        """Bring a finished request's outcome into its prompt's record."""
+        record = self.records[request.prompt_index]
         with self._lock:
-            record.request_ids.extend(result.request_ids)
-            if result.usage:
-                record.usage.append(result.usage)
-            record.filtered += result.filtered_count
-        if result.filtered_count:
-            self.log.warning(
-                "Prompt %d: content moderation removed %d of %d images.",
-                job.prompt_index,
-                result.filtered_count,
-                job.count,
-            )
-        model = result.model or self.params[job.prompt_index].model
-        for image in result.images:
-            index = job.first_image_index + image.index
-            try:
-                data = self.hook.fetch_image(image)
-                kind = api.verify_image(data, f"Image {index} of prompt {job.prompt_index}")
-                key = image_key(self.store.prefix, job.prompt_index, index, kind.extension)
-                metadata = {
-                    "prompt-index": job.prompt_index,
-                    "image-index": index,
-                    "model": model,
-                    "generator": GENERATOR,
-                    "dag-id": self.identity.dag_id,
-                    "task-id": self.identity.task_id,
-                }
-                digest = self.store.put_image(key, data, kind.mime_type, metadata)
-            except (GrokImageDownloadError, GrokStorageError) as err:
-                self._not_stored(record, index, image.url, err)
-                continue
-            stored = StoredImage(
-                s3_uri=self.store.uri(key),
-                bucket=self.store.bucket,
-                key=key,
-                content_type=kind.mime_type,
-                size_bytes=len(data),
-                sha256=digest,
-                prompt=record.prompt,
-                revised_prompt=image.revised_prompt,
-                model=model,
-                prompt_index=job.prompt_index,
-                image_index=index,
-            )
-            del data
-            with self._lock:
-                record.images = [i for i in record.images if i.image_index != index] + [stored]
+            for image in request.images:
+                record.add_image(image)
+            record.not_stored.extend(request.not_stored)
+            record.filtered += request.filtered
+            if request.filtered and request.state == STORED:
+                self.log.warning(
+                    "Prompt %d: content moderation removed %d of %d images.",
+                    request.prompt_index,
+                    request.filtered,
+                    request.count,
+                )
+            if request.state == FAILED:
+                record.error = request.error
+                self.log.error("Prompt %d (%d images) failed: %s", request.prompt_index, request.count, request.error)
 
-    def record_filtered(self, job: Job, err: GrokContentFilteredError) -> None:
-        self.log.warning("Prompt %d: %s", job.prompt_index, err.message)
+    def _record_error(self, record: PromptRecord, message: str) -> None:
         with self._lock:
-            self.records[job.prompt_index].filtered += job.count
-            if err.request_id:
-                self.records[job.prompt_index].request_ids.append(err.request_id)
+            record.error = message
 
-    def record_failure(self, job: Job, message: str) -> None:
-        self.log.error("Prompt %d (%d images) failed: %s", job.prompt_index, job.count, message)
-        with self._lock:
-            self.records[job.prompt_index].error = message
-
-    def _not_stored(self, record: PromptRecord, index: int, url: str | None, err: GrokError) -> None:
-        self.log.error(
-            "Image %d of prompt %d was generated but not stored: %s", index, record.prompt_index, err.message
-        )
-        entry = {"image_index": index, "url": url, "error": err.message, "status": err.status}
-        with self._lock:
-            record.not_stored.append(entry)
-
-    # --- the deferred path ---
-
-    def trigger_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-        """The trigger's kwargs for ``jobs``: URLs rather than inline images, so the event stays small."""
-        return [
-            {
-                "prompt_index": job.prompt_index,
-                "first_image_index": job.first_image_index,
-                "fingerprint": self.records[job.prompt_index].fingerprint,
-                "params": asdict(replace(self.params[job.prompt_index], n=job.count, response_format="url")),
-            }
-            for job in jobs
-        ]
-
-    def apply_event(self, results: Sequence[Mapping[str, Any]]) -> None:
-        """Store what the trigger generated, exactly as the sync path stores what it generates."""
-        with self.storing():
-            for entry in results:
-                self._apply_event_entry(entry)
-
-    def _apply_event_entry(self, entry: Mapping[str, Any]) -> None:
-        job = Job(int(entry["prompt_index"]), int(entry["first_image_index"]), int(entry["count"]))
-        if job.prompt_index >= len(self.records) or entry["fingerprint"] != self.records[job.prompt_index].fingerprint:
-            self.log.warning(
-                "Ignoring a result for prompt %d: the task's prompts changed while it was deferred.", job.prompt_index
-            )
-        elif entry["outcome"] == "ok":
-            self.store_later(job, api.result_from_event(entry["result"]))
-        elif entry["outcome"] == "filtered":
-            self.record_filtered(job, GrokContentFilteredError(entry["message"], request_id=entry.get("request_id")))
-        else:
-            self.record_failure(job, f"{entry['error_type']}: {entry['message']}")
-
-    def take_expired_jobs(self) -> list[Job]:
-        """Jobs that regenerate images whose temporary URL expired before they could be fetched."""
-        jobs = []
+    def record_batch_failure(self, err: GrokError) -> None:
+        """A failure of the whole batch (e.g. the trigger's): every prompt still missing images says why."""
         for record in self.records:
-            expired = [e for e in record.not_stored if e.get("status") in EXPIRED_URL_STATUSES]
-            if expired:
-                record.not_stored = [e for e in record.not_stored if e not in expired]
-                jobs.extend(_jobs_for(record, len(expired)))
-        return jobs
+            if record.missing and record.error is None:
+                record.error = f"{type(err).__name__}: {err.message}"
 
     # --- reporting ---
 
@@ -343,29 +517,20 @@ class GenerationPipeline:
             in_flight = sum(1 for n in self._in_flight.values() if n)
         self.log.info("%d/%d images stored, %d prompts in flight.", stored, wanted, in_flight)
 
-    def checkpoint(self, *, force: bool = False) -> None:
-        """Rewrite the manifest while work goes on, so a crash loses no record of what was stored."""
-        now = time.monotonic()
-        if force or now - self._last_checkpoint >= CHECKPOINT_SECONDS:
-            self._last_checkpoint = now
-            self.store.write_manifest(self.manifest("in_progress"))
-
     def manifest(self, status: str) -> dict[str, Any]:
         with self._lock:
             records = [r.to_json() for r in self.records]
-            usages = [usage for r in self.records for usage in r.usage]
-            usage = api.sum_usage(usages) if usages else None
-            request_ids = [rid for r in self.records for rid in r.request_ids]
-        ticks = (usage or {}).get("cost_in_usd_ticks")
+            requests = sorted(self.requests.values(), key=lambda r: (r.try_number, r.id))
+            request_json = [r.to_json() for r in requests]
+        stored = sum(len(r["images"]) for r in records)
+        cost = cost_summary(requests, self.identity.try_number, stored)
+        usages = [r.usage for r in requests if r.usage]
         return {
             "manifest_version": MANIFEST_VERSION,
             "generator": GENERATOR,
             "status": status,
             "updated_at": datetime.now(UTC).isoformat(),
-            "dag_id": self.identity.dag_id,
-            "task_id": self.identity.task_id,
-            "run_id": self.identity.run_id,
-            "map_index": self.identity.map_index,
+            **self.identity.owner(),
             "try_number": self.identity.try_number,
             "bucket": self.store.bucket,
             "prefix": self.store.prefix,
@@ -373,29 +538,40 @@ class GenerationPipeline:
             "summary": {
                 "prompts": len(records),
                 "images_requested": sum(r["requested"] for r in records),
-                "images_stored": sum(len(r["images"]) for r in records),
+                "images_stored": stored,
+                "images_reused": self.reused,
                 "images_filtered": sum(r["filtered"] for r in records),
                 "prompts_failed": [r["prompt_index"] for r in records if r["status"] == "failed"],
             },
-            "usage": usage,
-            "cost_usd": ticks / api.USD_TICKS if isinstance(ticks, int | float) else None,
-            "request_ids": request_ids,
+            "cost_usd": cost["usd"],
+            "cost": cost,
+            "usage": api.sum_usage(usages) if usages else None,
             "prompts": records,
+            "requests": request_json,
         }
 
     def finalize(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Settle each prompt and write the final manifest; return (XCom list, manifest)."""
+        """Settle each prompt, write the final manifest and drop folded receipts; return (XCom list, manifest)."""
         for record in self.records:
             settle_status(record, allow_partial=self.allow_partial)
         statuses = {r.status for r in self.records}
         status = "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
         manifest = self.manifest(status)
         self.store.write_manifest(manifest)
+        with self._lock:
+            folded, self._receipts = sorted(self._receipts), set()
+        self.store.delete(folded)
         images = sorted((i for r in self.records for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
+        cost = manifest["cost"]
         self.log.info(
-            "Stored %d images (%d reused from an earlier try); manifest %s.",
+            "Grok: %d images stored (%d reused), %d requests this try (%d in all tries), cost this try %s, "
+            "all tries %s; manifest %s.",
             len(images),
             self.reused,
+            cost["this_try"]["requests"],
+            cost["requests"],
+            describe_cost(cost["this_try"]),
+            describe_cost(cost),
             self.store.uri(self.store.manifest_key),
         )
         return [i.to_xcom() for i in images], manifest
@@ -415,3 +591,21 @@ class GenerationPipeline:
                 "what is missing.\n  " + "\n  ".join(lines)
             )
         return xcom, manifest
+
+    # --- the deferred path ---
+
+    def trigger_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        """The trigger's kwargs for ``jobs``: ids, numbering and the validated parameters of each request."""
+        return [{**asdict(job), "params": asdict(self.job_params(job))} for job in jobs]
+
+
+def job_from_kwargs(data: Mapping[str, Any]) -> tuple[Job, GenerationParams]:
+    """Rebuild a job and its parameters from :meth:`GenerationPipeline.trigger_jobs`."""
+    job = Job(
+        str(data["id"]),
+        int(data["prompt_index"]),
+        int(data["first_image_index"]),
+        int(data["count"]),
+        str(data["fingerprint"]),
+    )
+    return job, replace(GenerationParams(**data["params"]), n=job.count)

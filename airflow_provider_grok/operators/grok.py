@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
+    from airflow_provider_grok.manifest import TaskIdentity
     from airflow_provider_grok.operators._pipeline import GenerationPipeline
 
 # S3 bucket naming rules (also what MinIO, R2 and Ceph accept): 3-63 chars, lowercase, digits, dots, hyphens.
@@ -93,7 +95,15 @@ class GrokGenerateImagesOperator(BaseOperator):
         (default ``[operators] default_deferrable``).
     """
 
-    template_fields: Sequence[str] = ("prompt", *GENERATION_FIELDS, "s3_bucket", "s3_key_prefix", "s3_extra_args")
+    template_fields: Sequence[str] = (
+        "prompt",
+        *GENERATION_FIELDS,
+        "s3_bucket",
+        "s3_key_prefix",
+        "s3_extra_args",
+        "grok_conn_id",
+        "aws_conn_id",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {
         "prompt": "json",
         "extra_body": "json",
@@ -190,7 +200,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             )
         ti = context["ti"]
         if self.s3_key_prefix is None:
-            from airflow_provider_grok.storage import default_prefix
+            from airflow_provider_grok.manifest import default_prefix
 
             prefix = default_prefix(ti.dag_id, ti.run_id, ti.task_id)
         elif not isinstance(self.s3_key_prefix, str) or not self.s3_key_prefix.strip("/ "):
@@ -221,11 +231,14 @@ class GrokGenerateImagesOperator(BaseOperator):
     # --- execution ---
 
     def build_pipeline(self, context: Context) -> GenerationPipeline:
-        """Validate everything, read the earlier manifest; raises before any money is spent."""
+        """
+        Validate everything and fold what earlier tries (or the trigger) recorded under the prefix.
+        Raises before any money is spent; a mistake no retry can fix fails the task without retries.
+        """
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_provider_grok.hooks.grok import GrokHook
-        from airflow_provider_grok.operators._pipeline import GenerationPipeline, TaskIdentity
+        from airflow_provider_grok.operators._pipeline import GenerationPipeline
         from airflow_provider_grok.storage import S3ImageStore
 
         hook = GrokHook(grok_conn_id=self.grok_conn_id)
@@ -237,9 +250,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             bucket, prefix = self.storage_target(context)
             put_args = self.s3_put_args()
         except GrokValidationError as err:
-            # Retrying cannot fix a bad parameter or connection setting: fail without retries.
             raise AirflowFailException(str(err)) from err
-        ti = context["ti"]
         store = S3ImageStore(self.aws_conn_id, bucket, prefix, put_args)
         self._stored_prefix = (bucket, prefix)
         pipeline = GenerationPipeline(
@@ -247,77 +258,82 @@ class GrokGenerateImagesOperator(BaseOperator):
             request=request,
             hook=hook,
             store=store,
-            identity=TaskIdentity(
-                ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-            ),
+            identity=self.identity(context),
             max_concurrency=self.max_concurrency,
             allow_partial=self.allow_partial,
             log=self.log,
         )
         manifest = store.read_manifest()  # also the cheap check that the bucket exists and is readable
-        if self.skip_existing:
-            pipeline.load_previous(manifest)
+        try:
+            pipeline.load_previous(manifest, reuse_images=self.skip_existing)
+        except GrokValidationError as err:  # the prefix belongs to another run
+            raise AirflowFailException(str(err)) from err
         self._pipeline = pipeline
         if self._kill_requested:  # on_kill arrived while we were getting ready
             pipeline.stop()
         return pipeline
 
+    @staticmethod
+    def identity(context: Context) -> TaskIdentity:
+        from airflow_provider_grok.manifest import TaskIdentity
+
+        ti = context["ti"]
+        map_index = -1 if ti.map_index is None else ti.map_index
+        return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
+
     def execute(self, context: Context) -> list[dict[str, Any]]:
         pipeline = self.build_pipeline(context)
-        jobs = pipeline.pending_jobs()
+        jobs = pipeline.pending_jobs("d" if self.deferrable else "s")
+        # The folded manifest, written before any request: proves the bucket is writable before paying.
+        pipeline.compact()
         if not jobs:
             self.log.info("Every image of this task instance is already stored: nothing to generate.")
             return self.finish(context, pipeline)
-        pipeline.checkpoint(force=True)  # proves the bucket is writable before paying for images
         if self.deferrable:
             from airflow_provider_grok.triggers.grok import GrokGenerateImagesTrigger
 
             self.log.info("Deferring %d generation requests to the triggerer.", len(jobs))
+            store = pipeline.store
             self.defer(
                 trigger=GrokGenerateImagesTrigger(
                     grok_conn_id=self.grok_conn_id,
+                    aws_conn_id=self.aws_conn_id,
+                    bucket=store.bucket,
+                    prefix=store.prefix,
+                    s3_extra_args=store.extra_args,
+                    identity=asdict(pipeline.identity),
                     jobs=pipeline.trigger_jobs(jobs),
                     max_concurrency=self.max_concurrency,
                 ),
                 method_name="execute_complete",
                 timeout=self.execution_timeout,
             )
-        self._run_sync(pipeline, jobs)
+        pipeline.run(jobs)
         return self.finish(context, pipeline)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Resume after the trigger: fetch and store its images exactly like the sync path."""
-        from airflow_provider_grok import exceptions
+        """
+        Resume after the trigger, which generated and stored the images and recorded each request in S3:
+        fold those records into the manifest. Images lost in the narrow window of a triggerer crash (answer
+        received, not yet stored) are generated here, and the log says so.
+        """
+        from airflow_provider_grok.triggers.grok import GenerationEvent
 
         pipeline = self.build_pipeline(context)
-        if not isinstance(event, dict) or event.get("status") not in ("success", "error"):
-            raise exceptions.GrokResponseError(f"Unexpected event from GrokGenerateImagesTrigger: {event!r:.300}")
-        if event["status"] == "error":
-            error_type = getattr(exceptions, str(event.get("error_type")), None)
-            if not (isinstance(error_type, type) and issubclass(error_type, exceptions.GrokError)):
-                error_type = exceptions.GrokError
-            error = error_type(str(event.get("message")), status=event.get("status_code"))
-            for job in pipeline.pending_jobs():
-                pipeline.record_failure(job, f"{type(error).__name__}: {error.message}")
+        outcome = GenerationEvent.from_payload(event)
+        if outcome.error is not None:
+            pipeline.record_batch_failure(outcome.error)
             pipeline.finalize()  # the manifest says what happened; the task fails with the original error
-            raise error
-        pipeline.apply_event(event["results"])
-        expired = pipeline.take_expired_jobs()
-        if expired:
+            raise outcome.error
+        lost = [job for job in pipeline.pending_jobs("s") if pipeline.records[job.prompt_index].error is None]
+        if lost:
             self.log.warning(
-                "The temporary URLs of %d images expired before the worker resumed; regenerating them now "
-                "(billed again). Shorter deferrals or response_format='b64_json' without deferral avoid this.",
-                sum(job.count for job in expired),
+                "%d images were paid for in the triggerer but not stored (it was restarted while storing them); "
+                "generating them here. The manifest counts both requests.",
+                sum(job.count for job in lost),
             )
-            self._run_sync(pipeline, expired)
+            pipeline.run(lost)
         return self.finish(context, pipeline)
-
-    def _run_sync(self, pipeline: GenerationPipeline, jobs: list[Any]) -> None:
-        try:
-            pipeline.run(jobs)
-        except BaseException:
-            pipeline.checkpoint(force=True)  # whatever happened, record every image already stored
-            raise
 
     def finish(self, context: Context, pipeline: GenerationPipeline) -> list[dict[str, Any]]:
         """Final manifest, UI link and asset events; then the XCom (or the summary error)."""
@@ -349,13 +365,18 @@ class GrokGenerateImagesOperator(BaseOperator):
     def _emit_asset_events(self, context: Context, pipeline: GenerationPipeline, manifest: dict[str, Any]) -> None:
         from airflow.sdk import Asset, AssetAlias
 
+        cost = manifest["cost"]
         extra = {
             "images": manifest["summary"]["images_stored"],
             "prompts": manifest["summary"]["prompts"],
             "status": manifest["status"],
             "manifest_uri": pipeline.store.uri(pipeline.store.manifest_key),
             "prefix_uri": pipeline.store.uri(pipeline.store.prefix + "/"),
-            "cost_usd": manifest["cost_usd"],
+            "run_id": manifest["run_id"],
+            # This run's spend: every try of this task instance (None: a billed request reported no usage).
+            "cost_usd": cost["usd"],
+            "requests": cost["requests"],
+            "requests_unanswered": cost["requests_unanswered"],
         }
         for outlet in self.outlets or []:
             if isinstance(outlet, AssetAlias):

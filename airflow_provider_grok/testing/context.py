@@ -13,11 +13,21 @@ class TaskContext(dict):
     """
 
     def __init__(
-        self, dag_id: str = "direct", task_id: str = "gen", run_id: str = "run_1", map_index: int = -1
+        self,
+        dag_id: str = "direct",
+        task_id: str = "gen",
+        run_id: str = "run_1",
+        map_index: int = -1,
+        try_number: int = 1,
     ) -> None:
         self.pushed: dict[str, Any] = {}
         ti = SimpleNamespace(
-            dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index, try_number=1, xcom_push=self.xcom_push
+            dag_id=dag_id,
+            task_id=task_id,
+            run_id=run_id,
+            map_index=map_index,
+            try_number=try_number,
+            xcom_push=self.xcom_push,
         )
         super().__init__(ti=ti, outlet_events={})
 

@@ -1,34 +1,123 @@
-"""GrokGenerateImagesTrigger: the generation requests of a deferred task, awaited in the triggerer.
+"""GrokGenerateImagesTrigger: a deferred task's requests, awaited, stored and recorded in the triggerer.
 
-One triggerer process awaits thousands of these without a worker slot each. The trigger only
-generates: it asks for ``response_format="url"`` so its single event stays small (URLs and metadata,
-never image bytes, never the key), and the worker then fetches and stores exactly like the sync path.
+The trigger runs the same durable sequence as the worker for each request (receipt ``sent``, request,
+receipt ``answered``, images to S3, receipt ``stored``; see ``operators/_pipeline.py``). Hence:
+
+- a triggerer restarted mid-batch (upgrade, crash) runs the trigger again from its kwargs, reads the
+  receipts and skips every request whose answer had arrived: only the requests in flight at the restart
+  are sent again (the gateway may have billed them; the manifest counts them);
+- temporary image URLs are fetched seconds after they are issued, never after a long deferral;
+- the event is a few counts whatever the batch size: never images, URLs or the key.
+
+Generation waits on the async hook. S3 calls and downloads are short and run in threads
+(``asyncio.to_thread``) through the same :class:`~airflow_provider_grok.storage.S3ImageStore` and
+``fetch_image`` the worker uses, so the triggerer's event loop never blocks on them and the storing
+rules exist once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_grok import api
-from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError
+from airflow_provider_grok import exceptions
+from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError, GrokResponseError
+
+# Error types an event may name: an explicit map, never a name looked up in a module.
+ERROR_TYPES: dict[str, type[GrokError]] = {
+    cls.__name__: cls
+    for cls in (
+        exceptions.GrokError,
+        exceptions.GrokAuthError,
+        exceptions.GrokBadRequestError,
+        exceptions.GrokNotFoundError,
+        exceptions.GrokContentFilteredError,
+        exceptions.GrokRateLimitError,
+        exceptions.GrokServerError,
+        exceptions.GrokTransportError,
+        exceptions.GrokResponseError,
+        exceptions.GrokImageDownloadError,
+        exceptions.GrokStorageError,
+        exceptions.GrokValidationError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """
+    The one event a :class:`GrokGenerateImagesTrigger` yields (``version`` guards against a trigger and a
+    worker of different provider releases). The results themselves are in S3, not in the event.
+
+    :param status: ``success`` (every request was answered, failed on its own or was filtered) or ``error``
+        (the batch stopped: a rejected key, an unknown model, S3 refusing writes, an unexpected fault).
+    :param sent: requests this run of the trigger sent.
+    :param skipped: requests already answered before a triggerer restart, not sent again.
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    status: str
+    sent: int = 0
+    skipped: int = 0
+    error_type: str | None = None
+    message: str | None = None
+    status_code: int | None = None
+
+    @classmethod
+    def failure(cls, err: GrokError, *, sent: int = 0, skipped: int = 0) -> GenerationEvent:
+        name = type(err).__name__ if type(err).__name__ in ERROR_TYPES else "GrokError"
+        return cls("error", sent, skipped, name, err.message, err.status)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"version": self.VERSION, **asdict(self)}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> GenerationEvent:
+        """Read an event; anything malformed or of another version becomes an ``error`` event saying so."""
+        if not isinstance(payload, Mapping) or payload.get("version") != cls.VERSION:
+            found = payload.get("version") if isinstance(payload, Mapping) else type(payload).__name__
+            return cls(
+                "error",
+                error_type="GrokResponseError",
+                message=f"GrokGenerateImagesTrigger sent an event of version {found!r}, expected {cls.VERSION}: "
+                "the triggerer and the worker run different releases of airflow-provider-grok. Clear the "
+                "task once both run the same release; its stored images are kept.",
+            )
+        try:
+            event = cls(**{k: v for k, v in payload.items() if k != "version"})
+        except TypeError as err:
+            return cls("error", error_type="GrokResponseError", message=f"Malformed trigger event: {err}")
+        if event.status not in ("success", "error"):
+            return cls("error", error_type="GrokResponseError", message=f"Unknown event status {event.status!r}.")
+        return event
+
+    @property
+    def error(self) -> GrokError | None:
+        """The batch's error, rebuilt with its original type; None for a successful batch."""
+        if self.status == "success":
+            return None
+        error_type = ERROR_TYPES.get(str(self.error_type), GrokError)
+        return error_type(str(self.message), status=self.status_code)
 
 
 class GrokGenerateImagesTrigger(BaseTrigger):
     """
-    Run a batch of generation requests with bounded concurrency and yield exactly one event.
-
-    The event is ``{"status": "success", "results": [...]}`` with one entry per job (``outcome`` ``ok``
-    with the result, ``filtered``, or ``error`` with ``error_type`` and ``message``), or
-    ``{"status": "error", "error_type": ..., "message": ...}`` when the batch failed as a whole
-    (e.g. a rejected API key).
+    Run a deferred task's generation requests with bounded concurrency, store every answer's images in S3
+    with its receipts, and yield one :class:`GenerationEvent`.
 
     :param grok_conn_id: the ``grok`` connection.
-    :param jobs: ``{"prompt_index", "first_image_index", "fingerprint", "params"}`` per request, where
-        ``params`` are :class:`~airflow_provider_grok.api.GenerationParams` fields (``n`` <= 10).
+    :param aws_conn_id: the AWS connection for S3.
+    :param bucket: the task instance's bucket.
+    :param prefix: the task instance's key prefix.
+    :param s3_extra_args: extra ``put_object`` arguments (validated by the operator).
+    :param identity: the task instance (:class:`~airflow_provider_grok.manifest.TaskIdentity` fields).
+    :param jobs: one entry per request (``id``, ``prompt_index``, ``first_image_index``, ``count``,
+        ``fingerprint``, ``params``), from ``GenerationPipeline.trigger_jobs``.
     :param max_concurrency: requests in flight at once.
     :param retry_backoff: first backoff between retries, seconds.
     """
@@ -37,12 +126,22 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         self,
         *,
         grok_conn_id: str,
+        aws_conn_id: str | None,
+        bucket: str,
+        prefix: str,
+        s3_extra_args: dict[str, Any],
+        identity: dict[str, Any],
         jobs: list[dict[str, Any]],
         max_concurrency: int = 4,
         retry_backoff: float = 1.0,
     ) -> None:
         super().__init__()
         self.grok_conn_id = grok_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.bucket = bucket
+        self.prefix = prefix
+        self.s3_extra_args = s3_extra_args
+        self.identity = identity
         self.jobs = jobs
         self.max_concurrency = max_concurrency
         self.retry_backoff = retry_backoff
@@ -52,6 +151,11 @@ class GrokGenerateImagesTrigger(BaseTrigger):
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "grok_conn_id": self.grok_conn_id,
+                "aws_conn_id": self.aws_conn_id,
+                "bucket": self.bucket,
+                "prefix": self.prefix,
+                "s3_extra_args": self.s3_extra_args,
+                "identity": self.identity,
                 "jobs": self.jobs,
                 "max_concurrency": self.max_concurrency,
                 "retry_backoff": self.retry_backoff,
@@ -59,44 +163,84 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_grok.hooks.grok import GrokAsyncHook
+        try:
+            event = await self._run()
+        except GrokError as err:
+            event = GenerationEvent.failure(err)
+        except Exception as err:  # whatever happens, the task resumes with a clear error, not a hang
+            event = GenerationEvent.failure(
+                GrokResponseError(f"GrokGenerateImagesTrigger failed unexpectedly: {type(err).__name__}: {err}")
+            )
+        yield TriggerEvent(event.to_payload())
+
+    def _ledger(self) -> Any:
+        """The worker's ledger, built in a thread: S3Hook and GrokHook read their connections synchronously."""
+        from airflow_provider_grok.hooks.grok import GrokHook
+        from airflow_provider_grok.manifest import TaskIdentity
+        from airflow_provider_grok.operators._pipeline import RequestLedger
+        from airflow_provider_grok.storage import S3ImageStore
+
+        store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
+        downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
+        return RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
+
+    @staticmethod
+    def _answered(ledger: Any) -> set[str]:
+        """Ids of requests whose answer a previous run of this trigger already recorded."""
+        from airflow_provider_grok.manifest import SENT, is_receipt_key
+
+        store = ledger.store
+        keys = [key for key in store.list_prefix() if is_receipt_key(store.prefix, key)]
+        return {str(r.get("id")) for r in store.read_json_many(keys) if r.get("state") != SENT}
+
+    async def _run(self) -> GenerationEvent:
+        from airflow_provider_grok import api
+        from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
+        from airflow_provider_grok.operators._pipeline import job_from_kwargs
 
         hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
         try:
-            event = await self._generate_all(hook)
-        except GrokError as err:
-            event = error_event(err)
+            await hook.load_settings()  # a broken connection fails the batch once, not per request
+            ledger = await asyncio.to_thread(self._ledger)
+            answered = await asyncio.to_thread(self._answered, ledger)
+            todo = [job for job in self.jobs if job["id"] not in answered]
+            if answered:
+                self.log.warning(
+                    "Resuming after a triggerer restart: %d of %d requests were already answered and are not "
+                    "sent again; %d are sent now (those in flight at the restart may be billed twice).",
+                    len(self.jobs) - len(todo),
+                    len(self.jobs),
+                    len(todo),
+                )
+            slots = asyncio.Semaphore(self.max_concurrency)
+            fatal: list[GrokError] = []
+
+            async def one(data: dict[str, Any]) -> bool:
+                job, params = job_from_kwargs(data)
+                async with slots:
+                    if fatal:
+                        return False  # not sent: the worker records the batch's error for this prompt
+                    request = await asyncio.to_thread(ledger.sent, job)
+                    try:
+                        with log_label(f"Prompt {job.prompt_index}"):
+                            result = await hook.generate(params)
+                    except GrokContentFilteredError as err:
+                        await asyncio.to_thread(ledger.filtered, request, err)
+                        return True
+                    except GrokError as err:
+                        await asyncio.to_thread(ledger.failed, request, err)
+                        if isinstance(err, api.BATCH_FATAL_ERRORS):
+                            fatal.append(err)
+                        return True
+                    await asyncio.to_thread(ledger.answered, request, result, params.model)
+                    # Stored inside the slot: at most max_concurrency answers are held in memory.
+                    await asyncio.to_thread(ledger.store_answer, request, result, params.prompt)
+                    return True
+
+            sent = sum(await asyncio.gather(*(one(job) for job in todo)))
+            skipped = len(self.jobs) - len(todo)
+            if fatal:
+                return GenerationEvent.failure(fatal[0], sent=sent, skipped=skipped)
+            return GenerationEvent("success", sent=sent, skipped=skipped)
         finally:
             await hook.aclose()  # also when the task is killed or the trigger times out (cancellation)
-        yield TriggerEvent(event)
-
-    async def _generate_all(self, hook: Any) -> dict[str, Any]:
-        await hook.load_settings()  # a broken connection fails the batch once, not per job
-        slots = asyncio.Semaphore(self.max_concurrency)
-        fatal: list[GrokError] = []
-
-        async def one(job: dict[str, Any]) -> dict[str, Any]:
-            head = {k: job[k] for k in ("prompt_index", "first_image_index", "fingerprint")}
-            head["count"] = job["params"]["n"]
-            async with slots:
-                if fatal:
-                    return {**head, "outcome": "error", "error_type": "NotAttempted",
-                            "message": "not attempted: an earlier request failed for the whole batch"}  # fmt: skip
-                try:
-                    result = await hook.generate(api.GenerationParams(**job["params"]))
-                except GrokContentFilteredError as err:
-                    return {**head, "outcome": "filtered", "message": err.message, "request_id": err.request_id}
-                except GrokError as err:
-                    if isinstance(err, api.BATCH_FATAL_ERRORS):
-                        fatal.append(err)
-                    return {**head, "outcome": "error", "error_type": type(err).__name__, "message": err.message}
-            return {**head, "outcome": "ok", "result": api.result_to_event(result)}
-
-        results = await asyncio.gather(*(one(job) for job in self.jobs))
-        if fatal and not any(r["outcome"] == "ok" for r in results):
-            return error_event(fatal[0])
-        return {"status": "success", "results": list(results)}
-
-
-def error_event(err: GrokError) -> dict[str, Any]:
-    return {"status": "error", "error_type": type(err).__name__, "message": err.message, "status_code": err.status}

@@ -37,10 +37,23 @@ def test_examples_import_without_errors_or_deprecation_warnings():
         assert "grok" in dag.tags
 
 
+def run_prefix(result, task_id: str) -> str:
+    """The operator's default prefix for a task of ``result``'s run."""
+    from airflow_provider_grok.manifest import default_prefix
+
+    return default_prefix(result.dag_id, result.run_id, task_id)
+
+
+# Triggered by hand with no logical date, the Airflow 3 default: the run's date is its run_after.
+NO_LOGICAL_DATE = {"logical_date": None}
+
+
 def test_scheduled_content_end_to_end_with_gallery(grok_simulator, demo_bucket, dag_runner):
     s3 = demo_bucket
     path = dag_runner.copy(EXAMPLES / "example_grok_scheduled_content.py")
-    result = dag_runner.run_file(path, "example_grok_scheduled_content", logical_date=pendulum.datetime(2026, 7, 4))
+    result = dag_runner.run_file(
+        path, "example_grok_scheduled_content", run_after=pendulum.datetime(2026, 7, 4, tz="UTC"), **NO_LOGICAL_DATE
+    )
 
     assert result.state == "success"
     prompts = sorted(c.prompt for c in grok_simulator.generation_calls)
@@ -52,19 +65,35 @@ def test_scheduled_content_end_to_end_with_gallery(grok_simulator, demo_bucket, 
         ]
     )
     assert {c.body["aspect_ratio"] for c in grok_simulator.generation_calls} == {"16:9"}
-    images = [k for k in s3.object_keys("content/2026-07-04/") if k.endswith(".jpg")]
+    base = run_prefix(result, "generate")
+    images = [k for k in s3.object_keys(base + "/") if k.endswith(".jpg")]
     assert len(images) == 6
-    page = s3.get("content/2026-07-04/index.html").decode()
-    head = s3.client.head_object(Bucket=s3.bucket, Key="content/2026-07-04/index.html")
+    page = s3.get(f"{base}/index.html").decode()
+    head = s3.client.head_object(Bucket=s3.bucket, Key=f"{base}/index.html")
     assert head["ContentType"].startswith("text/html")
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(f"content/2026-07-04/{src}" for src in sources) == sorted(images)  # every stored image, once
+    assert sorted(f"{base}/{src}" for src in sources) == sorted(images)  # every stored image, once
     for prompt in prompts:
         assert prompt in page
-    assert f"s3://{s3.bucket}/content/2026-07-04/map-0/0-0.jpg" in page
-    assert result.xcom("build_gallery") == f"s3://{s3.bucket}/content/2026-07-04/index.html"
-    events = result.asset_events(f"s3://{s3.bucket}/content")
-    assert len(events) == 3 and sum(e["images"] for e in events) == 6
+    assert f"s3://{s3.bucket}/{base}/map-0/0-0.jpg" in page
+    assert result.xcom("build_gallery") == f"s3://{s3.bucket}/{base}/index.html"
+    (event,) = result.asset_events(f"s3://{s3.bucket}/grok/example_grok_scheduled_content")  # once per run
+    assert event["images"] == 6 and event["prompts"] == 3 and event["gallery_uri"].endswith(f"{base}/index.html")
+    assert event["cost_usd"] == pytest.approx(0.12) and event["requests_unanswered"] == 0
+
+
+def test_a_second_run_the_same_day_gets_its_own_images(grok_simulator, demo_bucket, dag_runner):
+    s3 = demo_bucket
+    path = dag_runner.copy(EXAMPLES / "example_grok_scheduled_content.py")
+    day = pendulum.datetime(2026, 7, 8, tz="UTC")
+    first = dag_runner.run_file(path, "example_grok_scheduled_content", run_after=day, **NO_LOGICAL_DATE)
+    second = dag_runner.run_file(path, "example_grok_scheduled_content", run_after=day.add(hours=2), **NO_LOGICAL_DATE)
+
+    assert first.state == second.state == "success" and first.run_id != second.run_id
+    assert len(grok_simulator.generation_calls) == 6  # each run paid for its own three prompts, nothing adopted
+    for run in (first, second):
+        manifest = s3.manifest(run_prefix(run, "generate") + "/map-0")
+        assert manifest["run_id"] == run.run_id and manifest["cost_usd"] == pytest.approx(0.04)
 
 
 def test_asset_consumer_reads_the_producers_event_extra(grok_simulator, demo_bucket, dag_runner):
@@ -74,50 +103,50 @@ def test_asset_consumer_reads_the_producers_event_extra(grok_simulator, demo_buc
     s3 = demo_bucket
     producer = dag_runner.copy(EXAMPLES / "example_grok_scheduled_content.py")
     consumer = dag_runner.copy(EXAMPLES / "example_grok_asset_consumer.py")
-    produced = dag_runner.run_file(
-        producer, "example_grok_scheduled_content", logical_date=pendulum.datetime(2026, 7, 5)
-    )
+    produced = dag_runner.run_file(producer, "example_grok_scheduled_content", **NO_LOGICAL_DATE)
     consumed = dag_runner.run_file(consumer, "example_grok_asset_consumer")  # a manual run: no triggering events
     assert produced.state == consumed.state == "success"
-    assert consumed.xcom("summarise") == {"events": 0, "images": 0, "cost_usd": 0, "manifests": []}
+    assert consumed.xcom("summarise") == {"events": 0, "images": 0, "cost_usd": 0, "galleries": [], "manifests": []}
 
     # The same task with the real events the producer's run recorded, as the scheduler would pass them.
     from airflow.dag_processing.dagbag import DagBag
 
     summarise = DagBag(str(consumer)).get_dag("example_grok_asset_consumer").task_dict["summarise"]
     with create_session() as session:
-        asset = session.query(AssetModel).filter(AssetModel.uri == f"s3://{s3.bucket}/content").one()
+        uri = f"s3://{s3.bucket}/grok/example_grok_scheduled_content"
+        asset = session.query(AssetModel).filter(AssetModel.uri == uri).one()
         events = (
             session.query(AssetEvent)
             .filter(AssetEvent.asset_id == asset.id, AssetEvent.source_run_id == produced.run_id)
             .all()
         )
         summary = summarise.python_callable(triggering_asset_events={asset.uri: events})
-    assert summary["events"] == 3 and summary["images"] == 6
+    assert summary["events"] == 1 and summary["images"] == 6
     assert summary["cost_usd"] == pytest.approx(0.12)
-    assert sorted(summary["manifests"]) == [
-        f"s3://{s3.bucket}/content/2026-07-05/map-{i}/manifest.json" for i in range(3)
-    ]
+    base = run_prefix(produced, "generate")
+    assert summary["manifests"] == [f"s3://{s3.bucket}/{base}/map-{i}/manifest.json" for i in range(3)]
+    assert summary["galleries"] == [f"s3://{s3.bucket}/{base}/index.html"]
 
 
 def test_hook_taskflow_keeps_the_best_candidate(grok_simulator, demo_bucket, dag_runner):
     s3 = demo_bucket
     path = dag_runner.copy(EXAMPLES / "example_grok_hook_taskflow.py")
-    result = dag_runner.run_file(path, "example_grok_hook_taskflow", logical_date=pendulum.datetime(2026, 7, 6))
+    result = dag_runner.run_file(path, "example_grok_hook_taskflow", **NO_LOGICAL_DATE)
 
     assert result.state == "success"
     out = result.xcom("best_of_three")
-    assert out["candidates"] == 3 and out["s3_uri"] == f"s3://{s3.bucket}/taskflow/2026-07-06/best.jpg"
-    assert s3.object_keys("taskflow/") == ["taskflow/2026-07-06/best.jpg"]
+    key = f"taskflow/{result.run_id.replace(':', '_').replace('+', '_')}/best.jpg"
+    assert out["candidates"] == 3 and out["s3_uri"] == f"s3://{s3.bucket}/{key}"
+    assert s3.object_keys("taskflow/") == [key]
     assert [c.body["n"] for c in grok_simulator.generation_calls] == [3]
 
 
 def test_deferrable_example_runs_through_the_trigger(grok_simulator, demo_bucket, dag_runner):
     s3 = demo_bucket
     path = dag_runner.copy(EXAMPLES / "example_grok_deferrable.py")
-    result = dag_runner.run_file(path, "example_grok_deferrable", logical_date=pendulum.datetime(2026, 7, 7))
+    result = dag_runner.run_file(path, "example_grok_deferrable", **NO_LOGICAL_DATE)
 
     assert result.state == "success"
-    assert {c.body["response_format"] for c in grok_simulator.generation_calls} == {"url"}
+    assert {c.body["response_format"] for c in grok_simulator.generation_calls} == {"b64_json"}
     assert {c.body["resolution"] for c in grok_simulator.generation_calls} == {"2k"}
-    assert len([k for k in s3.object_keys("deferred/2026-07-07/") if k.endswith(".jpg")]) == 4
+    assert len([k for k in s3.object_keys(run_prefix(result, "generate") + "/") if k.endswith(".jpg")]) == 4

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import pendulum
+
 from tests.operators.test_grok_operator import assert_objects_match_manifest, dag_source
 
-VOLATILE = {"updated_at", "run_id", "try_number", "prefix", "dag_id", "request_ids"}
+VOLATILE = {"updated_at", "run_id", "try_number", "prefix", "dag_id", "requests"}
 
 
 def comparable(manifest: dict, prefix: str) -> dict:
     """A manifest without what legitimately differs between two runs (ids, times, the prefix itself)."""
     out = {k: v for k, v in manifest.items() if k not in VOLATILE}
     out["prompts"] = [
-        {
-            **{k: v for k, v in record.items() if k != "request_ids"},
-            "images": [{**i, "s3_uri": None, "key": i["key"].removeprefix(prefix)} for i in record["images"]],
-        }
+        {**record, "images": [{**i, "s3_uri": None, "key": i["key"].removeprefix(prefix)} for i in record["images"]]}
         for record in manifest["prompts"]
     ]
+    out["requests"] = sorted(
+        (r["prompt_index"], r["first_image_index"], r["count"], r["state"], r["usage"], r["returned"])
+        for r in manifest["requests"]
+    )
     return out
 
 
@@ -33,8 +36,8 @@ def test_deferrable_stores_byte_identical_objects_and_manifest(grok_simulator, s
     deferred_calls = [c.body for c in grok_simulator.generation_calls]
 
     assert sync.state == deferred.state == "success"
-    assert {c["response_format"] for c in sync_calls} == {"b64_json"}
-    assert {c["response_format"] for c in deferred_calls} == {"url"}  # the trigger's event stays small
+    # The trigger stores the images itself: it asks for what the user asked for, inline by default.
+    assert {c["response_format"] for c in sync_calls} == {c["response_format"] for c in deferred_calls} == {"b64_json"}
     sync_keys = [k.removeprefix("sync/") for k in s3.object_keys("sync/")]
     assert sync_keys == [k.removeprefix("deferred/") for k in s3.object_keys("deferred/")]
     for key in sync_keys:
@@ -53,37 +56,32 @@ def test_complete_manifest_means_no_deferral_and_no_call(grok_simulator, s3, dag
         "deferrable=True)"
     )
     path, dag_id = dag_runner.write(source)
-    dag_runner.run_file(path, dag_id)
+    same_run = pendulum.datetime(2026, 5, 1, tz="UTC")  # the same run id: the task instance runs again
+    dag_runner.run_file(path, dag_id, logical_date=same_run, run_after=same_run)
     capfd.readouterr()
     assert len(grok_simulator.generation_calls) == 1
 
-    second = dag_runner.run_file(path, dag_id)
+    second = dag_runner.run_file(path, dag_id, logical_date=same_run, run_after=same_run)
 
     assert second.state == "success" and len(grok_simulator.generation_calls) == 1
     logs = capfd.readouterr().out
     assert "nothing to generate" in logs and "Deferring" not in logs
 
 
-def test_expired_urls_are_regenerated_synchronously_and_logged(grok_simulator, s3, dag_runner, capfd):
-    grok_simulator.fail_downloads(403, times=2)  # by the time the worker resumes, two URLs have expired
+def test_trigger_fetches_urls_at_once_so_none_expire_during_the_deferral(grok_simulator, s3, dag_runner):
     source = dag_source(
         f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], n=2, s3_bucket="{s3.bucket}", '
-        's3_key_prefix="expired", deferrable=True)'
+        's3_key_prefix="urls", response_format="url", deferrable=True)'
     )
     result = dag_runner.run(source)
 
     assert result.state == "success"
     calls = [(c.body["prompt"], c.body["n"], c.body["response_format"]) for c in grok_simulator.generation_calls]
-    assert sorted(calls[:2]) == [("a", 2, "url"), ("b", 2, "url")]
-    regenerated = calls[2:]
-    # Exactly the two images whose URLs expired are paid for again, inline this time.
-    assert {fmt for _, _, fmt in regenerated} == {"b64_json"} and sum(n for _, n, _ in regenerated) == 2
-    manifest = s3.manifest("expired")
+    assert sorted(calls) == [("a", 2, "url"), ("b", 2, "url")]  # nothing regenerated
+    assert len(grok_simulator.image_requests) == 4  # each URL fetched once, by the trigger
+    manifest = s3.manifest("urls")
     assert manifest["status"] == "complete" and manifest["summary"]["images_stored"] == 4
     assert_objects_match_manifest(s3, manifest)
-    assert (
-        "temporary URLs of 2 images expired before the worker resumed; regenerating them now" in capfd.readouterr().out
-    )
 
 
 def test_error_event_fails_with_the_original_error(grok_simulator, s3, dag_runner, monkeypatch, capfd):

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+import pendulum
 import pytest
 
 from airflow_provider_grok.testing import GrokSimulator
@@ -63,7 +64,9 @@ def test_one_prompt(grok_simulator, s3, dag_runner):
     manifest = s3.manifest(prefix)
     assert manifest["status"] == "complete"
     assert manifest["request"] == {"model": "grok-imagine-image", "n": 1, "response_format": "b64_json"}
-    assert manifest["cost_usd"] == pytest.approx(0.02) and manifest["request_ids"] == ["sim-1"]
+    assert manifest["cost_usd"] == pytest.approx(0.02)
+    assert [r["request_ids"] for r in manifest["requests"]] == [["sim-1"]]
+    assert manifest["cost"]["requests"] == manifest["cost"]["this_try"]["requests"] == 1
     assert_objects_match_manifest(s3, manifest)
     assert [c.body["response_format"] for c in grok_simulator.generation_calls] == ["b64_json"]
     assert result.extra_link("gen", "Grok manifest") == f"{s3.endpoint}/{s3.bucket}/{prefix}/manifest.json"
@@ -89,6 +92,7 @@ GrokGenerateImagesOperator(
         "prompts": 3,
         "images_requested": 6,
         "images_stored": 6,
+        "images_reused": 0,
         "images_filtered": 0,
         "prompts_failed": [],
     }
@@ -202,6 +206,10 @@ GrokGenerateImagesOperator(
     manifest = s3.manifest("retry")
     assert manifest["status"] == "complete" and manifest["try_number"] == 2
     assert [len(r["images"]) for r in manifest["prompts"]] == [2, 2, 2]
+    cost = manifest["cost"]  # both tries are counted; the refused request (HTTP 500) was not billed
+    assert (cost["requests"], cost["requests_billed"], cost["usd"]) == (4, 3, pytest.approx(0.12))
+    assert cost["this_try"]["requests"] == 1 and cost["this_try"]["usd"] == pytest.approx(0.04)
+    assert cost["by_try"]["1"]["usd"] == pytest.approx(0.08) and manifest["summary"]["images_reused"] == 4
     assert len(result.xcom("gen")) == 6
     assert_objects_match_manifest(s3, manifest)
 
@@ -227,17 +235,22 @@ def test_failed_prompt_leaves_the_rest_stored_and_says_what_is_missing(
     assert "prompt 1 ('an owl'): 0/1 stored" in logs
 
 
+# The same logical date gives the same run id: dag.test() then runs the same task instances again, as a
+# cleared task does in a deployment. A run with another run id may not reuse the prefix (tested below).
+SAME_RUN = pendulum.datetime(2026, 5, 1, tz="UTC")
+
+
 def test_rerun_with_complete_manifest_makes_no_call(grok_simulator, s3, dag_runner):
     source = dag_source(
         f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], n=2, s3_bucket="{s3.bucket}", '
         's3_key_prefix="stable")'
     )
     path, dag_id = dag_runner.write(source)
-    first = dag_runner.run_file(path, dag_id)
+    first = dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
     calls_after_first = len(grok_simulator.calls)
     before = {k: s3.get(k) for k in s3.object_keys() if not k.endswith("manifest.json")}
 
-    second = dag_runner.run_file(path, dag_id)
+    second = dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
 
     assert first.state == second.state == "success"
     assert calls_after_first == 2 and len(grok_simulator.calls) == 2  # the rerun paid nothing
@@ -251,10 +264,10 @@ def test_rerun_regenerates_a_deleted_object_only(grok_simulator, s3, dag_runner)
         's3_key_prefix="heal")'
     )
     path, dag_id = dag_runner.write(source)
-    dag_runner.run_file(path, dag_id)
+    dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
     s3.client.delete_object(Bucket=s3.bucket, Key="heal/1-1.jpg")
 
-    result = dag_runner.run_file(path, dag_id)
+    result = dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
 
     assert result.state == "success"
     last = grok_simulator.generation_calls[-1].body
@@ -268,14 +281,46 @@ def test_changed_prompt_is_regenerated_unchanged_ones_reused(grok_simulator, s3,
         'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "{second}"], s3_bucket="{bucket}", s3_key_prefix="chg")'
     )
     path, dag_id = dag_runner.write(dag_source(template.format(second="b", bucket=s3.bucket)))
-    dag_runner.run_file(path, dag_id)
+    dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
     path.write_text(path.read_text().replace('"b"', '"b, but blue"'))
 
-    result = dag_runner.run_file(path, dag_id)
+    result = dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
 
     assert result.state == "success"
     assert [c.prompt for c in grok_simulator.generation_calls][2:] == ["b, but blue"]
     assert [x["prompt"] for x in result.xcom("gen")] == ["a", "b, but blue"]
+
+
+def test_a_prefix_holding_another_runs_images_is_refused_before_any_call(grok_simulator, s3, dag_runner, capfd):
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt="a", s3_bucket="{s3.bucket}", s3_key_prefix="daily", '
+        "retries=3)"
+    )
+    path, dag_id = dag_runner.write(source)
+    first = dag_runner.run_file(path, dag_id)
+    before = s3.manifest("daily")
+    capfd.readouterr()
+
+    second = dag_runner.run_file(path, dag_id)  # another run (a manual run the same day) with the same prefix
+
+    assert first.state == "success" and second.state == "failed" and first.run_id != second.run_id
+    assert second.task_instances()[("gen", -1)] == ("failed", 1)  # no retries: a retry cannot fix it
+    assert len(grok_simulator.generation_calls) == 1  # the second run paid nothing
+    assert s3.manifest("daily") == before  # and adopted, overwrote or re-billed nothing
+    logs = capfd.readouterr().out
+    assert f"already holds the work of another task instance (its manifest names dag_id '{dag_id}'" in logs
+    assert f"run_id '{first.run_id}'" in logs and "include {{ run_id }}" in logs
+
+
+def test_cost_is_unknown_not_zero_when_the_gateway_reports_no_usage(s3, dag_runner, monkeypatch):
+    with GrokSimulator(dialect="openai") as sim:  # the OpenAI-style gateway sends no usage
+        monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", sim.connection_json(model="grok-imagine"))
+        body = f'GrokGenerateImagesOperator(task_id="gen", prompt="a", s3_bucket="{s3.bucket}", s3_key_prefix="nu")'
+        result = dag_runner.run(dag_source(body))
+    manifest = s3.manifest("nu")
+    assert result.state == "success"
+    assert manifest["cost_usd"] is None and manifest["cost"]["requests_without_usage"] == 1
+    assert manifest["cost"]["requests_billed"] == 1
 
 
 def test_prefix_owned_by_another_task_is_refused(grok_simulator, s3, dag_runner):
@@ -453,7 +498,10 @@ GrokGenerateImagesOperator(
         "status": "complete",
         "manifest_uri": f"s3://{s3.bucket}/assets/manifest.json",
         "prefix_uri": f"s3://{s3.bucket}/assets/",
+        "run_id": result.run_id,
         "cost_usd": pytest.approx(0.08),
+        "requests": 2,
+        "requests_unanswered": 0,
     }
     # Airflow normalises the URI (no trailing slash); one event from the Asset, one through the alias.
     events = result.asset_events(f"s3://{s3.bucket}/assets")

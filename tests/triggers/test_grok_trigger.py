@@ -11,22 +11,37 @@ import time
 import pytest
 
 from airflow_provider_grok import api
-from airflow_provider_grok.exceptions import GrokAuthError, GrokServerError
+from airflow_provider_grok.exceptions import GrokAuthError, GrokError, GrokServerError
 from airflow_provider_grok.hooks.grok import GrokAsyncHook
 from airflow_provider_grok.testing import GrokSimulator
 from airflow_provider_grok.triggers.grok import GrokGenerateImagesTrigger
 
+IDENTITY = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1, "try_number": 1}
 
-def jobs_for(prompts: list[str], n: int = 1, model: str = "grok-imagine-image") -> list[dict]:
-    return [
+
+def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> GrokGenerateImagesTrigger:
+    """A trigger as the operator builds it: one job per prompt, storing under ``trig/`` in the test bucket."""
+    jobs = [
         {
+            "id": f"t1-abc123-d{i:05d}",
             "prompt_index": i,
             "first_image_index": 0,
+            "count": n,
             "fingerprint": f"fp-{i}",
-            "params": {"prompt": p, "model": model, "n": n, "response_format": "url"},
+            "params": {"prompt": p, "model": "grok-imagine-image", "n": n, "response_format": "b64_json"},
         }
         for i, p in enumerate(prompts)
     ]
+    return GrokGenerateImagesTrigger(
+        grok_conn_id=conn_id,
+        aws_conn_id="aws_default",
+        bucket=s3.bucket,
+        prefix="trig",
+        s3_extra_args={},
+        identity=IDENTITY,
+        jobs=jobs,
+        **kwargs,
+    )
 
 
 async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
@@ -35,10 +50,21 @@ async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
     return events[0].payload
 
 
-def test_serialize_round_trips_exactly():
-    trigger = GrokGenerateImagesTrigger(
-        grok_conn_id="grok_x", jobs=jobs_for(["a", "b"], n=3), max_concurrency=7, retry_backoff=0.5
-    )
+def receipts(s3) -> dict[int, dict]:
+    """The request receipts the trigger left, by prompt index."""
+    keys = [k for k in s3.object_keys("trig/_grok/requests/")]
+    return {doc["prompt_index"]: doc for doc in (json.loads(s3.get(k)) for k in keys)}
+
+
+async def wait_until(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_serialize_round_trips_exactly(s3):
+    trigger = trigger_for("grok_x", s3, ["a", "b"], n=3, max_concurrency=7, retry_backoff=0.5)
     path, kwargs = trigger.serialize()
     module, name = path.rsplit(".", 1)
     rebuilt = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
@@ -46,42 +72,56 @@ def test_serialize_round_trips_exactly():
     assert path == "airflow_provider_grok.triggers.grok.GrokGenerateImagesTrigger"
 
 
-async def test_success_event_carries_urls_and_metadata_never_bytes_or_key(xai_sim, make_conn):
-    conn_id = make_conn(xai_sim)
-    trigger = GrokGenerateImagesTrigger(grok_conn_id=conn_id, jobs=jobs_for(["a", "b", "c"], n=2))
-    event = await single_event(trigger)
+async def test_trigger_stores_every_answer_and_its_receipt_and_the_event_is_a_few_counts(xai_sim, make_conn, s3):
+    event = await single_event(trigger_for(make_conn(xai_sim), s3, ["a", "b", "c"], n=2))
 
-    assert event["status"] == "success"
-    assert [r["outcome"] for r in event["results"]] == ["ok", "ok", "ok"]
-    first = event["results"][0]
-    assert (first["prompt_index"], first["first_image_index"], first["count"], first["fingerprint"]) == (
-        0,
-        0,
-        2,
-        "fp-0",
-    )
-    result = api.result_from_event(first["result"])
-    assert [i.url.startswith(xai_sim.image_base_url) for i in result.images] == [True, True]
-    assert result.images[0].mime_type == "image/jpeg" and result.usage == {"cost_in_usd_ticks": 400_000_000}
-    assert result.request_ids and result.requested == 2
-    payload = json.dumps(event)
-    assert xai_sim.api_key not in payload and "b64_json" not in payload
-    assert all(c.body["response_format"] == "url" for c in xai_sim.generation_calls)
+    assert event == {"version": 1, "status": "success", "sent": 3, "skipped": 0, "error_type": None,
+                     "message": None, "status_code": None}  # fmt: skip
+    assert [k for k in s3.object_keys("trig/") if "_grok" not in k] == [
+        f"trig/{p}-{i}.jpg" for p in range(3) for i in range(2)
+    ]
+    done = receipts(s3)
+    assert {r["state"] for r in done.values()} == {"stored"}
+    assert done[0]["usage"] == {"cost_in_usd_ticks": 400_000_000} and done[0]["request_ids"]
+    assert [i["key"] for i in done[1]["images"]] == ["trig/1-0.jpg", "trig/1-1.jpg"]
+    head = s3.client.head_object(Bucket=s3.bucket, Key="trig/1-1.jpg")["Metadata"]
+    assert head["run-id"] == "r" and head["fingerprint"] == "fp-1" and head["request"] == "t1-abc123-d00001"
+    assert xai_sim.api_key not in json.dumps(event) + json.dumps(done)
 
 
-async def test_concurrency_is_bounded(make_conn):
+async def test_a_restarted_trigger_sends_only_what_had_no_answer(make_conn, s3):
+    with GrokSimulator(latency=0.4) as sim:
+        conn_id = make_conn(sim)
+        first = trigger_for(conn_id, s3, list("abcdef"), max_concurrency=2)
+        task = asyncio.create_task(single_event(first))
+        await wait_until(lambda: sum(r["state"] == "stored" for r in receipts(s3).values()) >= 2)
+        task.cancel()  # the triggerer stops: requests in flight are abandoned
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        answered_before = {i for i, r in receipts(s3).items() if r["state"] != "sent"}
+
+        _, kwargs = first.serialize()  # a new triggerer runs it again from its kwargs
+        event = await single_event(GrokGenerateImagesTrigger(**json.loads(json.dumps(kwargs))))
+
+    assert event["status"] == "success" and event["skipped"] == len(answered_before) >= 2
+    prompts = [c.prompt for c in sim.generation_calls]
+    repeated = [p for p in set(prompts) if prompts.count(p) > 1]
+    assert not {"abcdef"[i] for i in answered_before} & set(repeated)  # no answered request was sent again
+    assert len(prompts) <= 6 + 2  # at most the requests in flight at the restart (max_concurrency) repeat
+    assert {r["state"] for r in receipts(s3).values()} == {"stored"}
+    assert len([k for k in s3.object_keys("trig/") if k.endswith(".jpg")]) == 6
+
+
+async def test_concurrency_is_bounded(make_conn, s3):
     with GrokSimulator(latency=0.3) as sim:
-        trigger = GrokGenerateImagesTrigger(
-            grok_conn_id=make_conn(sim), jobs=jobs_for(list("abcdefgh")), max_concurrency=3
-        )
-        event = await single_event(trigger)
+        event = await single_event(trigger_for(make_conn(sim), s3, list("abcdefgh"), max_concurrency=3))
     assert event["status"] == "success" and sim.peak_concurrency == 3
 
 
-async def test_429_and_5xx_are_retried_in_the_trigger(xai_sim, make_conn):
+async def test_429_and_5xx_are_retried_in_the_trigger(xai_sim, make_conn, s3):
     xai_sim.fail(429, times=1, retry_after=0.2)
     xai_sim.fail(503, times=1)
-    trigger = GrokGenerateImagesTrigger(grok_conn_id=make_conn(xai_sim), jobs=jobs_for(["a"]), retry_backoff=0.01)
+    trigger = trigger_for(make_conn(xai_sim), s3, ["a"], retry_backoff=0.01)
     started = time.monotonic()
     event = await single_event(trigger)
     assert time.monotonic() - started >= 0.2
@@ -89,40 +129,61 @@ async def test_429_and_5xx_are_retried_in_the_trigger(xai_sim, make_conn):
     assert [c.status for c in xai_sim.calls] == [429, 503, 200]
 
 
-async def test_exhausted_retries_are_a_per_job_error(xai_sim, make_conn):
+async def test_exhausted_retries_fail_that_request_only(xai_sim, make_conn, s3):
     xai_sim.fail(500, times=None, prompt_contains="bad", message="model crashed")
-    conn_id = make_conn(xai_sim, max_retries=1)
-    trigger = GrokGenerateImagesTrigger(grok_conn_id=conn_id, jobs=jobs_for(["good", "bad"]), retry_backoff=0.01)
+    trigger = trigger_for(make_conn(xai_sim, max_retries=1), s3, ["good", "bad"], retry_backoff=0.01)
     event = await single_event(trigger)
-    good, bad = event["results"]
-    assert good["outcome"] == "ok"
-    assert bad["outcome"] == "error" and bad["error_type"] == "GrokServerError" and "model crashed" in bad["message"]
+    good, bad = receipts(s3)[0], receipts(s3)[1]
+    assert event["status"] == "success"
+    assert good["state"] == "stored"
+    assert bad["state"] == "failed" and bad["error"].startswith("GrokServerError") and "model crashed" in bad["error"]
+    assert bad["maybe_billed"] is False  # an HTTP 500 answer: not billed
 
 
-async def test_moderation_is_reported_per_job(xai_sim, make_conn):
+async def test_moderation_is_recorded_per_request(xai_sim, make_conn, s3):
     xai_sim.moderate(keep=0, prompt_contains="edgy")
-    event = await single_event(
-        GrokGenerateImagesTrigger(grok_conn_id=make_conn(xai_sim), jobs=jobs_for(["ok", "edgy"]))
-    )
-    assert [r["outcome"] for r in event["results"]] == ["ok", "filtered"]
+    await single_event(trigger_for(make_conn(xai_sim), s3, ["ok", "edgy"]))
+    assert [receipts(s3)[i]["state"] for i in (0, 1)] == ["stored", "filtered"]
+    assert receipts(s3)[1]["filtered"] == 1
 
 
-async def test_auth_error_is_one_error_event(sim, make_conn):
+async def test_auth_error_is_one_error_event_and_stops_the_batch(sim, make_conn, s3):
     conn_id = make_conn(sim, api_key="not-the-key-123", model="grok-imagine" if sim.dialect == "openai" else None)
-    event = await single_event(GrokGenerateImagesTrigger(grok_conn_id=conn_id, jobs=jobs_for(["a", "b", "c"])))
+    event = await single_event(trigger_for(conn_id, s3, ["a", "b", "c"], max_concurrency=1))
     assert event["status"] == "error" and event["error_type"] == "GrokAuthError"
     assert "Incorrect API key" in event["message"] and "not-the-key-123" not in json.dumps(event)
-    assert len(sim.generation_calls) <= 3
+    assert len(sim.generation_calls) == 1  # one at a time: the first refusal stops the other two
 
 
-async def test_broken_connection_is_one_error_event(monkeypatch):
+async def test_broken_connection_is_one_error_event(monkeypatch, s3):
     monkeypatch.setenv("AIRFLOW_CONN_GROK_BROKEN", '{"conn_type": "grok", "host": "https://api.x.ai"}')
-    event = await single_event(GrokGenerateImagesTrigger(grok_conn_id="grok_broken", jobs=jobs_for(["a"])))
+    event = await single_event(trigger_for("grok_broken", s3, ["a"]))
     assert event["status"] == "error" and event["error_type"] == "GrokValidationError"
     assert "no API key" in event["message"]
 
 
-async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch):
+async def test_an_unexpected_fault_is_an_error_event_not_a_hang(xai_sim, make_conn, s3):
+    trigger = trigger_for(make_conn(xai_sim), s3, ["a"])
+    trigger.bucket = "no-such-bucket-anywhere"
+    event = await single_event(trigger)
+    assert event["status"] == "error" and event["error_type"] == "GrokStorageError"
+    assert xai_sim.generation_calls == []  # the receipt could not be written, so nothing was sent
+
+
+def test_events_of_another_version_read_as_a_clear_error():
+    from airflow_provider_grok.triggers.grok import GenerationEvent
+
+    event = GenerationEvent.from_payload({"status": "success", "results": []})  # the previous release's shape
+    assert event.status == "error" and "different releases" in str(event.error)
+    error = GenerationEvent.from_payload({"version": 1, "status": "error", "error_type": "GrokAuthError",
+                                          "message": "bad key", "status_code": 401}).error  # fmt: skip
+    assert type(error) is GrokAuthError and error.status == 401
+    unknown = GenerationEvent.from_payload({"version": 1, "status": "error", "error_type": "os.system",
+                                            "message": "x"}).error  # fmt: skip
+    assert type(unknown) is GrokError  # names from the database are looked up in an explicit map only
+
+
+async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch, s3):
     closed = asyncio.Event()
     original = GrokAsyncHook.aclose
 
@@ -132,31 +193,19 @@ async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch):
 
     monkeypatch.setattr(GrokAsyncHook, "aclose", aclose_and_signal)
     with GrokSimulator(latency=5) as sim:
-        trigger = GrokGenerateImagesTrigger(grok_conn_id=make_conn(sim), jobs=jobs_for(["a", "b"]))
+        trigger = trigger_for(make_conn(sim), s3, ["a", "b"])
 
         async def consume() -> None:
             async for _ in trigger.run():
                 pass
 
         task = asyncio.create_task(consume())
-        while sim.peak_concurrency == 0:  # both requests are in flight (5 s latency)
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: sim.peak_concurrency == 2)  # both requests are in flight (5 s latency)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert closed.is_set()  # the client was closed on cancellation, before any answer arrived
         assert sim.generation_calls == []
-
-
-async def test_event_for_10_prompts_of_10_images_stays_small(xai_sim, make_conn):
-    trigger = GrokGenerateImagesTrigger(
-        grok_conn_id=make_conn(xai_sim), jobs=jobs_for([f"prompt number {i}" for i in range(10)], n=10)
-    )
-    event = await single_event(trigger)
-    size = len(json.dumps(event))
-    print(f"event for 10 prompts x n=10: {size} bytes")
-    assert sum(len(r["result"]["images"]) for r in event["results"]) == 100
-    assert size < 32 * 1024  # it is stored in the metadata DB; image bytes would be ~50 MB
 
 
 async def test_async_hook_shares_validation_and_errors(xai_sim, make_conn):
