@@ -185,13 +185,30 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         return RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
 
     @staticmethod
-    def _answered(ledger: Any) -> set[str]:
-        """Ids of requests whose answer a previous run of this trigger already recorded."""
-        from airflow_provider_grok.manifest import SENT, is_receipt_key
+    def _receipts(ledger: Any) -> list[dict[str, Any]]:
+        """The receipts a previous run of this trigger left (empty on a first run)."""
+        from airflow_provider_grok.manifest import is_receipt_key
 
         store = ledger.store
-        keys = [key for key in store.list_prefix() if is_receipt_key(store.prefix, key)]
-        return {str(r.get("id")) for r in store.read_json_many(keys) if r.get("state") != SENT}
+        return store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
+
+    def _plan(self, receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """
+        The jobs still to send. A job with an answered receipt is done. A job whose receipts all say
+        ``sent`` was in flight when the triggerer stopped: it is sent again under a new id (``-r1``...), so
+        the first request stays on record as unanswered and may-have-been-billed instead of being overwritten.
+        """
+        from airflow_provider_grok.manifest import SENT
+
+        todo = []
+        for job in self.jobs:
+            mine = [
+                r for r in receipts if str(r.get("id")) == job["id"] or str(r.get("id")).startswith(job["id"] + "-r")
+            ]
+            if any(r.get("state") != SENT for r in mine):
+                continue
+            todo.append({**job, "id": f"{job['id']}-r{len(mine)}"} if mine else job)
+        return todo
 
     async def _run(self) -> GenerationEvent:
         from airflow_provider_grok import api
@@ -202,9 +219,9 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
             ledger = await asyncio.to_thread(self._ledger)
-            answered = await asyncio.to_thread(self._answered, ledger)
-            todo = [job for job in self.jobs if job["id"] not in answered]
-            if answered:
+            receipts = await asyncio.to_thread(self._receipts, ledger)
+            todo = self._plan(receipts)
+            if receipts:
                 self.log.warning(
                     "Resuming after a triggerer restart: %d of %d requests were already answered and are not "
                     "sent again; %d are sent now (those in flight at the restart may be billed twice).",
@@ -244,3 +261,8 @@ class GrokGenerateImagesTrigger(BaseTrigger):
             return GenerationEvent("success", sent=sent, skipped=skipped)
         finally:
             await hook.aclose()  # also when the task is killed or the trigger times out (cancellation)
+
+
+def _resent_ids(job_id: str, at_most: int) -> list[str]:
+    """The ids a job gets when a restarted trigger sends it again: ``{id}-r1``, ``{id}-r2``..."""
+    return [f"{job_id}-r{attempt}" for attempt in range(1, at_most + 1)]

