@@ -14,6 +14,8 @@ kinds of object under the task instance's prefix:
 - the **manifest**, ``{prefix}/manifest.json``, folds the receipts of every try: written at the start of
   each try (which also proves the bucket is writable before money is spent) and when the try ends.
   Folded receipts are then deleted, so each receipt is read O(1) times and an image costs O(1) writes.
+- a deferred batch's **plan**, ``{prefix}/_grok/plans/{execution}.json``: the requests its trigger is to
+  send, so the trigger's kwargs in the metadata DB stay one key long whatever the batch size.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MANIFEST_VERSION = 2
 RECEIPT_VERSION = 1
 GENERATOR = f"airflow-provider-grok/{__version__}"  # in object metadata and manifests
 RECEIPTS_DIR = "_grok/requests"
+PLANS_DIR = "_grok/plans"  # what a deferred batch's trigger is to send (its kwargs name the key)
 USD_TICKS = 10**10  # xAI reports usage.cost_in_usd_ticks; 10^10 ticks are one US dollar.
 
 # Receipt states. ``sent``: the request may be in flight or may have been billed without an answer seen.
@@ -74,6 +77,15 @@ def receipt_key(prefix: str, request_id: str) -> str:
 
 def is_receipt_key(prefix: str, key: str) -> bool:
     return key.startswith(f"{prefix}/{RECEIPTS_DIR}/") and key.endswith(".json")
+
+
+def plan_key(prefix: str, execution: str) -> str:
+    return f"{prefix}/{PLANS_DIR}/{execution}.json"
+
+
+def is_bookkeeping_key(prefix: str, key: str) -> bool:
+    """Receipts and plans: folded into the manifest, then deleted."""
+    return key.startswith(f"{prefix}/_grok/")
 
 
 def fingerprint(prompt: str, request: Mapping[str, Any]) -> str:

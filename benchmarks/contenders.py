@@ -9,6 +9,9 @@ Contenders (each turns the same prompts into images stored in the same S3):
   openai    the openai SDK (images.generate with base_url and extra_body) + boto3 in a ThreadPoolExecutor
   deferred  the operator with deferrable=True: execute (until it defers), the trigger, execute_complete;
             reports the worker-side seconds separately from the triggerer's
+  scale, scale-deferred
+            the operator (sync or deferred) at a large size, reporting what it writes besides the images
+            (receipts, plans and manifests: bytes and PUTs per image), its XCom, trigger kwargs and event
 Every contender imports its modules before the measured block and creates its clients (HTTP sessions,
 boto3) inside it, as a task does. CPU and wall time cover that block; peak RSS is the whole process.
 """
@@ -174,6 +177,63 @@ def run_deferred(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def count_s3_writes() -> dict[str, int]:
+    """
+    Count what the provider writes to S3, by kind. A wrapper that calls through to the real upload: a
+    measurement of a benchmark run, not a test double.
+    """
+    from airflow_provider_grok.storage import S3ImageStore
+
+    written = {"image_bytes": 0, "image_puts": 0, "record_bytes": 0, "record_puts": 0, "manifest_bytes": 0,
+               "manifest_puts": 0}  # fmt: skip
+    upload = S3ImageStore._put
+
+    def counting(self: Any, key: str, data: bytes, *args: Any, **kwargs: Any) -> str:
+        kind = "manifest" if key.endswith("/manifest.json") else "record" if "/_grok/" in key else "image"
+        written[f"{kind}_bytes"] += len(data)
+        written[f"{kind}_puts"] += 1
+        return upload(self, key, data, *args, **kwargs)
+
+    S3ImageStore._put = counting  # type: ignore[method-assign]
+    return written
+
+
+def run_scale(args: argparse.Namespace, *, deferrable: bool = False) -> dict[str, Any]:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_grok.testing.context import TaskContext
+
+    connect_airflow(args)
+    preload_provider()
+    written = count_s3_writes()
+    op = operator(args, deferrable=deferrable)
+    context = TaskContext()
+    extra: dict[str, Any] = {}
+    with Measure() as measure:
+        if deferrable:
+            try:
+                op.execute(context)
+                raise RuntimeError("the operator did not defer")
+            except TaskDeferred as deferred:
+                extra["trigger_kwargs_bytes"] = len(json.dumps(deferred.trigger.serialize()[1]))
+                trigger = deferred.trigger
+
+            async def first_event() -> dict[str, Any]:
+                async for event in trigger.run():
+                    return event.payload
+                raise RuntimeError("the trigger yielded nothing")
+
+            event = asyncio.run(first_event())
+            extra["event_bytes"] = len(json.dumps(event))
+            stored = op.execute_complete(context, event)
+        else:
+            stored = op.execute(context)
+    images = stored["images"] if isinstance(stored, dict) else len(stored)
+    return measure.report(
+        images=images, stored_bytes=written["image_bytes"], xcom_bytes=len(json.dumps(stored)), **written, **extra
+    )
+
+
 class Measure:
     """Wall time and this process's CPU time over a block; peak RSS of the process."""
 
@@ -208,7 +268,14 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-CONTENDERS = {"provider": run_provider, "naive": run_naive, "openai": run_openai, "deferred": run_deferred}
+CONTENDERS = {
+    "provider": run_provider,
+    "naive": run_naive,
+    "openai": run_openai,
+    "deferred": run_deferred,
+    "scale": run_scale,
+    "scale-deferred": lambda args: run_scale(args, deferrable=True),
+}
 
 
 def main() -> None:

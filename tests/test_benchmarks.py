@@ -24,5 +24,9 @@ def test_benchmark_smoke_run(tmp_path):
     assert [row["images"] for row in results["scaling"]] == [4, 8]
     assert results["deferrable"]["deferred"]["images"] == results["deferrable"]["sync"]["images"] == 4
     assert results["parse"]["airflow_provider_grok.operators.grok"]["heavy_added"] == []
+    scale = results["scale"]["rows"]
+    assert scale["scale"]["images"] == scale["scale-deferred"]["images"] == 50
+    assert scale["scale"]["image_puts"] == 50 and scale["scale"]["record_puts"] == 150  # 3 receipt states
+    assert scale["scale-deferred"]["event_bytes"] < 512
     text = report.read_text()
-    assert "(c) openai SDK + boto3" in text and "DAG-parse cost" in text
+    assert "(c) openai SDK + boto3" in text and "DAG-parse cost" in text and "## Scale: 50 prompts" in text

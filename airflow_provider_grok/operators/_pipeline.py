@@ -1,46 +1,35 @@
 """
-The work of one GrokGenerateImagesOperator task instance: plan, generate, store, record.
+The work of one GrokGenerateImagesOperator task instance: fold what earlier tries left, plan, generate,
+store, record.
 
-Imported by the operator at run time only (it pulls in requests and boto3). Money is the main resource,
-so every request follows the same durable order, whoever sends it (this worker, or the trigger in the
-triggerer, through the same :class:`RequestLedger`):
-
-1. write the request's receipt as ``sent`` (a crash now leaves a request that *may* have been billed);
-2. send it; write the receipt as ``answered`` with its request ids and usage (what was billed);
-3. store each image, its object metadata being its own record (a crash now loses no stored image);
-4. write the receipt as ``stored``.
-
-A retry folds the receipts, the objects and the manifest (``manifest.py``) and pays only for what is
-not stored. See ``manifest.py`` for what each record means.
+Imported by the operator at run time only (it pulls in requests and boto3). Every request follows the
+durable sequence of ``ledger.py`` whoever sends it (this worker's threads, or the trigger), and a retry
+folds the receipts, the image objects and the manifest (``manifest.py``) so it pays only for what is not
+stored.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_grok import api
-from airflow_provider_grok.api import GeneratedImage, GenerationParams, ImageGenerationResult
+from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
-    GrokImageDownloadError,
     GrokIncompleteError,
     GrokPrefixInUseError,
-    GrokStorageError,
-    GrokTransportError,
 )
 from airflow_provider_grok.hooks.grok import GrokHook, log_label
+from airflow_provider_grok.ledger import Job, RequestLedger, write_plan
 from airflow_provider_grok.manifest import (
-    ANSWERED,
     FAILED,
     FILTERED,
     GENERATOR,
@@ -53,8 +42,7 @@ from airflow_provider_grok.manifest import (
     cost_summary,
     describe_cost,
     fingerprint,
-    image_key,
-    image_metadata,
+    is_bookkeeping_key,
     is_receipt_key,
     newer,
     parse_image_key,
@@ -64,134 +52,6 @@ from airflow_provider_grok.manifest import (
 from airflow_provider_grok.storage import S3ImageStore
 
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation request: ``count`` (<= 10) images of one prompt, numbered from ``first_image_index``."""
-
-    id: str
-    prompt_index: int
-    first_image_index: int
-    count: int
-    fingerprint: str
-
-    def record(self, try_number: int) -> RequestRecord:
-        return RequestRecord(
-            id=self.id,
-            try_number=try_number,
-            prompt_index=self.prompt_index,
-            first_image_index=self.first_image_index,
-            count=self.count,
-            fingerprint=self.fingerprint,
-        )
-
-
-class RequestLedger:
-    """
-    Writes request receipts and stores an answer's images: the one durable sequence, used by the worker's
-    threads and by the trigger (through ``asyncio.to_thread``) alike.
-
-    :param fetch_image: turns a returned image into bytes (``GrokHook.fetch_image``).
-    """
-
-    def __init__(
-        self,
-        store: S3ImageStore,
-        identity: TaskIdentity,
-        fetch_image: Callable[[GeneratedImage], bytes],
-        log: logging.Logger | Any,
-    ) -> None:
-        self.store = store
-        self.identity = identity
-        self.fetch_image = fetch_image
-        self.log = log
-
-    def _write(self, request: RequestRecord) -> None:
-        self.store.put_json(receipt_key(self.store.prefix, request.id), request.receipt(self.identity))
-
-    def sent(self, job: Job) -> RequestRecord:
-        """Record the intent before the request goes out (a crash after this may have been billed)."""
-        request = job.record(self.identity.try_number)
-        self._write(request)
-        return request
-
-    def answered(self, request: RequestRecord, result: ImageGenerationResult, default_model: str | None) -> None:
-        """Record what the answer billed, before its images are fetched and stored."""
-        request.state = ANSWERED
-        request.returned = len(result.images)
-        request.filtered = result.filtered_count
-        request.model = result.model or default_model
-        request.usage = result.usage
-        request.request_ids = list(result.request_ids)
-        request.revised_prompts = [image.revised_prompt for image in result.images[: request.count]]
-        self._write(request)
-
-    def store_answer(self, request: RequestRecord, result: ImageGenerationResult, prompt: str) -> None:
-        """Fetch, verify and upload each image (one in memory at a time), then record the request as stored."""
-        images = result.images
-        if len(images) > request.count:
-            # Keys are numbered per request: an extra image would overwrite the next request's first image.
-            self.log.warning(
-                "Prompt %d: the gateway returned %d images for n=%d; the extra %d are billed but not stored.",
-                request.prompt_index,
-                len(images),
-                request.count,
-                len(images) - request.count,
-            )
-            images = images[: request.count]
-        for position, image in enumerate(images):
-            index = request.first_image_index + position
-            try:
-                request.images.append(self._store_image(request, image, index, prompt))
-            except (GrokImageDownloadError, GrokStorageError) as err:
-                self.log.error(
-                    "Prompt %d: image %d was generated but not stored: %s", request.prompt_index, index, err.message
-                )
-                request.not_stored.append(
-                    {"image_index": index, "url": image.url, "error": err.message, "status": err.status}
-                )
-        request.state = STORED
-        self._write(request)
-
-    def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> StoredImage:
-        data = self.fetch_image(image)
-        kind = api.verify_image(data, f"Image {index} of prompt {request.prompt_index}")
-        digest = hashlib.sha256(data)
-        key = image_key(self.store.prefix, request.prompt_index, index, kind.extension)
-        stored = StoredImage(
-            s3_uri=self.store.uri(key),
-            bucket=self.store.bucket,
-            key=key,
-            content_type=kind.mime_type,
-            size_bytes=len(data),
-            sha256=digest.hexdigest(),
-            prompt=prompt,
-            revised_prompt=image.revised_prompt,
-            model=request.model,
-            prompt_index=request.prompt_index,
-            image_index=index,
-        )
-        metadata = image_metadata(self.identity, stored, request.fingerprint, request.id)
-        self.store.put_image(key, data, kind.mime_type, metadata, digest=digest)
-        return stored
-
-    def filtered(self, request: RequestRecord, err: GrokContentFilteredError) -> None:
-        """Moderation refused every image: billed, nothing to store."""
-        request.state = FILTERED
-        request.returned = 0
-        request.filtered = request.count
-        request.request_ids = [err.request_id] if err.request_id else []
-        request.error = err.message
-        self._write(request)
-
-    def failed(self, request: RequestRecord, err: GrokError) -> None:
-        """The request failed after its retries. Without an HTTP answer it may still have been billed."""
-        request.state = FAILED
-        request.error = f"{type(err).__name__}: {err.message}"
-        request.maybe_billed = isinstance(err, GrokTransportError)
-        request.request_ids = [err.request_id] if err.request_id else []
-        self._write(request)
 
 
 class GenerationPipeline:
@@ -228,7 +88,7 @@ class GenerationPipeline:
         ]
         self.requests: dict[str, RequestRecord] = {}
         self.reused = 0
-        self._receipts: set[str] = set()  # receipt keys folded into the manifest, deleted once it is written
+        self._receipts: set[str] = set()  # receipts and plans folded into the manifest, deleted once it is written
         self._job_counter = 0
         # Request ids must be unique across executions too: a cleared task may run its try number again.
         self._execution = uuid.uuid4().hex[:6]
@@ -248,11 +108,10 @@ class GenerationPipeline:
         """
         self._check_owner(manifest, "its manifest")
         listing = self.store.list_prefix()
-        receipt_keys = [key for key in listing if is_receipt_key(self.store.prefix, key)]
-        receipts = self.store.read_json_many(receipt_keys)
+        receipts = self.store.read_json_many(key for key in listing if is_receipt_key(self.store.prefix, key))
         for receipt in receipts:
             self._check_owner(receipt, "a request receipt")
-        self._receipts.update(receipt_keys)
+        self._receipts.update(key for key in listing if is_bookkeeping_key(self.store.prefix, key))
         for data in [*(manifest or {}).get("requests", []), *receipts]:
             request = RequestRecord.from_json(data)
             known = self.requests.get(request.id)
@@ -594,18 +453,9 @@ class GenerationPipeline:
 
     # --- the deferred path ---
 
-    def trigger_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-        """The trigger's kwargs for ``jobs``: ids, numbering and the validated parameters of each request."""
-        return [{**asdict(job), "params": asdict(self.job_params(job))} for job in jobs]
-
-
-def job_from_kwargs(data: Mapping[str, Any]) -> tuple[Job, GenerationParams]:
-    """Rebuild a job and its parameters from :meth:`GenerationPipeline.trigger_jobs`."""
-    job = Job(
-        str(data["id"]),
-        int(data["prompt_index"]),
-        int(data["first_image_index"]),
-        int(data["count"]),
-        str(data["fingerprint"]),
-    )
-    return job, replace(GenerationParams(**data["params"]), n=job.count)
+    def trigger_plan(self, jobs: Sequence[Job]) -> str:
+        """Store what the trigger is to send (see :func:`~airflow_provider_grok.ledger.write_plan`); its key."""
+        key = write_plan(self.store, self._execution, [(job, self.job_params(job)) for job in jobs])
+        with self._lock:
+            self._receipts.add(key)
+        return key

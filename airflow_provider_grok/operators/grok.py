@@ -65,9 +65,10 @@ class GrokGenerateImagesOperator(BaseOperator):
 
     Images land at ``s3://{s3_bucket}/{s3_key_prefix}/{prompt_index}-{image_index}.{ext}`` with a
     ``manifest.json`` beside them. The prefix is the same on every try of a task instance, so a retry
-    reuses what is stored and pays only for what is missing. Returns (XCom) one small dict per stored
-    image: ``s3_uri``, ``bucket``, ``key``, ``content_type``, ``size_bytes``, ``sha256``, ``prompt``,
-    ``revised_prompt``, ``model``, ``prompt_index``, ``image_index``.
+    reuses what is stored and pays only for what is missing; a prefix holding another run's work is refused
+    before any request. Returns (XCom) one small dict per stored image: ``s3_uri``, ``bucket``, ``key``,
+    ``content_type``, ``size_bytes``, ``sha256``, ``prompt``, ``revised_prompt``, ``model``,
+    ``prompt_index``, ``image_index`` (a summary above ``max_xcom_images``).
 
     :param prompt: a prompt or a list of prompts (templated).
     :param s3_bucket: bucket to store the images in (templated).
@@ -93,6 +94,9 @@ class GrokGenerateImagesOperator(BaseOperator):
         ``SSEKMSKeyId``, ``StorageClass``, ``Tagging`` (templated).
     :param deferrable: wait for generation in the triggerer instead of a worker slot
         (default ``[operators] default_deferrable``).
+    :param max_xcom_images: above this many stored images the XCom is a summary (``manifest_uri``,
+        ``bucket``, ``prefix``, ``images``) instead of one dict per image, so a 10,000-prompt task does not
+        put megabytes into the metadata DB; the manifest lists every image (default 1000).
     """
 
     template_fields: Sequence[str] = (
@@ -135,12 +139,15 @@ class GrokGenerateImagesOperator(BaseOperator):
         skip_existing: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
         deferrable: bool | None = None,
+        max_xcom_images: int = 1000,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # Not templated, so checked now: a mistake shows up as a DAG import error, not at 3 a.m.
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 64:
             raise ValueError(f"Invalid max_concurrency={max_concurrency!r}: expected an integer from 1 to 64.")
+        if isinstance(max_xcom_images, bool) or not isinstance(max_xcom_images, int) or max_xcom_images < 0:
+            raise ValueError(f"Invalid max_xcom_images={max_xcom_images!r}: expected an integer >= 0.")
         for name, flag in (("allow_partial", allow_partial), ("skip_existing", skip_existing)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Invalid {name}={flag!r}: expected True or False.")
@@ -163,6 +170,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         self.skip_existing = skip_existing
         self.s3_extra_args = s3_extra_args
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.max_xcom_images = max_xcom_images
         self._pipeline: GenerationPipeline | None = None
         self._kill_requested = False
         self._stored_prefix: tuple[str, str] | None = None
@@ -281,7 +289,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         map_index = -1 if ti.map_index is None else ti.map_index
         return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
 
-    def execute(self, context: Context) -> list[dict[str, Any]]:
+    def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         pipeline = self.build_pipeline(context)
         jobs = pipeline.pending_jobs("d" if self.deferrable else "s")
         # The folded manifest, written before any request: proves the bucket is writable before paying.
@@ -302,7 +310,7 @@ class GrokGenerateImagesOperator(BaseOperator):
                     prefix=store.prefix,
                     s3_extra_args=store.extra_args,
                     identity=asdict(pipeline.identity),
-                    jobs=pipeline.trigger_jobs(jobs),
+                    plan_key=pipeline.trigger_plan(jobs),
                     max_concurrency=self.max_concurrency,
                 ),
                 method_name="execute_complete",
@@ -311,7 +319,9 @@ class GrokGenerateImagesOperator(BaseOperator):
         pipeline.run(jobs)
         return self.finish(context, pipeline)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """
         Resume after the trigger, which generated and stored the images and recorded each request in S3:
         fold those records into the manifest. Images lost in the narrow window of a triggerer crash (answer
@@ -335,11 +345,25 @@ class GrokGenerateImagesOperator(BaseOperator):
             pipeline.run(lost)
         return self.finish(context, pipeline)
 
-    def finish(self, context: Context, pipeline: GenerationPipeline) -> list[dict[str, Any]]:
+    def finish(self, context: Context, pipeline: GenerationPipeline) -> list[dict[str, Any]] | dict[str, Any]:
         """Final manifest, UI link and asset events; then the XCom (or the summary error)."""
         self._persist_manifest_link(context, pipeline)
         xcom, manifest = pipeline.finish()
         self._emit_asset_events(context, pipeline, manifest)
+        if len(xcom) > self.max_xcom_images:
+            self.log.info(
+                "%d images stored: returning a summary instead of one XCom entry per image (max_xcom_images=%d); "
+                "the manifest lists every image.",
+                len(xcom),
+                self.max_xcom_images,
+            )
+            store = pipeline.store
+            return {
+                "manifest_uri": store.uri(store.manifest_key),
+                "bucket": store.bucket,
+                "prefix": store.prefix,
+                "images": len(xcom),
+            }
         return xcom
 
     def on_kill(self) -> None:

@@ -116,8 +116,8 @@ class GrokGenerateImagesTrigger(BaseTrigger):
     :param prefix: the task instance's key prefix.
     :param s3_extra_args: extra ``put_object`` arguments (validated by the operator).
     :param identity: the task instance (:class:`~airflow_provider_grok.manifest.TaskIdentity` fields).
-    :param jobs: one entry per request (``id``, ``prompt_index``, ``first_image_index``, ``count``,
-        ``fingerprint``, ``params``), from ``GenerationPipeline.trigger_jobs``.
+    :param plan_key: the S3 key of the batch's plan (the requests to send, from ``ledger.write_plan``), so
+        these kwargs stay small in the metadata DB whatever the batch size.
     :param max_concurrency: requests in flight at once.
     :param retry_backoff: first backoff between retries, seconds.
     """
@@ -131,7 +131,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         prefix: str,
         s3_extra_args: dict[str, Any],
         identity: dict[str, Any],
-        jobs: list[dict[str, Any]],
+        plan_key: str,
         max_concurrency: int = 4,
         retry_backoff: float = 1.0,
     ) -> None:
@@ -142,7 +142,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         self.prefix = prefix
         self.s3_extra_args = s3_extra_args
         self.identity = identity
-        self.jobs = jobs
+        self.plan_key = plan_key
         self.max_concurrency = max_concurrency
         self.retry_backoff = retry_backoff
 
@@ -156,7 +156,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                 "prefix": self.prefix,
                 "s3_extra_args": self.s3_extra_args,
                 "identity": self.identity,
-                "jobs": self.jobs,
+                "plan_key": self.plan_key,
                 "max_concurrency": self.max_concurrency,
                 "retry_backoff": self.retry_backoff,
             },
@@ -173,67 +173,66 @@ class GrokGenerateImagesTrigger(BaseTrigger):
             )
         yield TriggerEvent(event.to_payload())
 
-    def _ledger(self) -> Any:
-        """The worker's ledger, built in a thread: S3Hook and GrokHook read their connections synchronously."""
+    def _open(self) -> tuple[Any, list[tuple[Any, Any]], list[dict[str, Any]]]:
+        """
+        In a thread (S3Hook and GrokHook read their connections synchronously): the worker's ledger, the
+        plan, and the receipts a previous run of this trigger left (none on a first run).
+        """
         from airflow_provider_grok.hooks.grok import GrokHook
-        from airflow_provider_grok.manifest import TaskIdentity
-        from airflow_provider_grok.operators._pipeline import RequestLedger
+        from airflow_provider_grok.ledger import RequestLedger, read_plan
+        from airflow_provider_grok.manifest import TaskIdentity, is_receipt_key
         from airflow_provider_grok.storage import S3ImageStore
 
         store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
         downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
-        return RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
+        ledger = RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
+        receipts = store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
+        return ledger, read_plan(store, self.plan_key), receipts
 
     @staticmethod
-    def _receipts(ledger: Any) -> list[dict[str, Any]]:
-        """The receipts a previous run of this trigger left (empty on a first run)."""
-        from airflow_provider_grok.manifest import is_receipt_key
-
-        store = ledger.store
-        return store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
-
-    def _plan(self, receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _still_to_send(plan: list[tuple[Any, Any]], receipts: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
         """
         The jobs still to send. A job with an answered receipt is done. A job whose receipts all say
         ``sent`` was in flight when the triggerer stopped: it is sent again under a new id (``-r1``...), so
         the first request stays on record as unanswered and may-have-been-billed instead of being overwritten.
         """
+        from dataclasses import replace
+
         from airflow_provider_grok.manifest import SENT
 
+        states: dict[str, list[str]] = {}
+        for receipt in receipts:
+            base = str(receipt.get("id")).split("-r", 1)[0]
+            states.setdefault(base, []).append(str(receipt.get("state")))
         todo = []
-        for job in self.jobs:
-            mine = [
-                r for r in receipts if str(r.get("id")) == job["id"] or str(r.get("id")).startswith(job["id"] + "-r")
-            ]
-            if any(r.get("state") != SENT for r in mine):
+        for job, params in plan:
+            seen = states.get(job.id, [])
+            if any(state != SENT for state in seen):
                 continue
-            todo.append({**job, "id": f"{job['id']}-r{len(mine)}"} if mine else job)
+            todo.append((replace(job, id=f"{job.id}-r{len(seen)}") if seen else job, params))
         return todo
 
     async def _run(self) -> GenerationEvent:
         from airflow_provider_grok import api
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
-        from airflow_provider_grok.operators._pipeline import job_from_kwargs
 
         hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
-            ledger = await asyncio.to_thread(self._ledger)
-            receipts = await asyncio.to_thread(self._receipts, ledger)
-            todo = self._plan(receipts)
+            ledger, plan, receipts = await asyncio.to_thread(self._open)
+            todo = self._still_to_send(plan, receipts)
             if receipts:
                 self.log.warning(
                     "Resuming after a triggerer restart: %d of %d requests were already answered and are not "
                     "sent again; %d are sent now (those in flight at the restart may be billed twice).",
-                    len(self.jobs) - len(todo),
-                    len(self.jobs),
+                    len(plan) - len(todo),
+                    len(plan),
                     len(todo),
                 )
             slots = asyncio.Semaphore(self.max_concurrency)
             fatal: list[GrokError] = []
 
-            async def one(data: dict[str, Any]) -> bool:
-                job, params = job_from_kwargs(data)
+            async def one(job: Any, params: Any) -> bool:
                 async with slots:
                     if fatal:
                         return False  # not sent: the worker records the batch's error for this prompt
@@ -254,15 +253,10 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                     await asyncio.to_thread(ledger.store_answer, request, result, params.prompt)
                     return True
 
-            sent = sum(await asyncio.gather(*(one(job) for job in todo)))
-            skipped = len(self.jobs) - len(todo)
+            sent = sum(await asyncio.gather(*(one(job, params) for job, params in todo)))
+            skipped = len(plan) - len(todo)
             if fatal:
                 return GenerationEvent.failure(fatal[0], sent=sent, skipped=skipped)
             return GenerationEvent("success", sent=sent, skipped=skipped)
         finally:
             await hook.aclose()  # also when the task is killed or the trigger times out (cancellation)
-
-
-def _resent_ids(job_id: str, at_most: int) -> list[str]:
-    """The ids a job gets when a restarted trigger sends it again: ``{id}-r1``, ``{id}-r2``..."""
-    return [f"{job_id}-r{attempt}" for attempt in range(1, at_most + 1)]

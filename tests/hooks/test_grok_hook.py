@@ -404,6 +404,22 @@ def test_test_connection_succeeds_without_generating(sim, make_conn):
     assert [(c.method, c.path) for c in sim.calls] == [("GET", "/v1/models")]
 
 
+def test_test_connection_names_unknown_extras_in_its_answer(xai_sim, make_conn):
+    ok, message = hook_for(make_conn, xai_sim, extra={"max_retry": 5, "colour": "red"}).test_connection()
+    assert not ok and "API key was accepted" in message  # it connected, but the typo must not pass silently
+    assert "'max_retry' (did you mean 'max_retries'?)" in message and "'colour'" in message
+
+
+def test_log_lines_carry_the_label_of_the_call(xai_sim, make_conn, capfd):
+    from airflow_provider_grok.hooks.grok import log_label
+
+    xai_sim.fail(503, times=1)
+    with log_label("Prompt 7"):
+        hook_for(make_conn, xai_sim).generate_images("x", n=12)  # split: the label reaches the pool's threads
+    logs = capfd.readouterr().out
+    assert "Prompt 7: Grok POST" in logs and "Prompt 7: Generated 12 of 12 images" in logs
+
+
 def test_test_connection_wrong_key(sim, make_conn):
     ok, message = hook_for(make_conn, sim, api_key="nope-nope-nope").test_connection()
     assert not ok and "rejected the API key" in message and "Incorrect API key" in message

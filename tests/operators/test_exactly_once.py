@@ -89,10 +89,11 @@ def test_sigkill_mid_batch_then_retry_pays_only_for_what_was_not_stored(s3, stor
     cost = manifest["cost"]
     assert manifest["status"] == "complete" and manifest["try_number"] == 2
     # The manifest knows every answered request; those in flight are named as unanswered, never hidden.
-    # (A request answered a moment before the kill is known as billed: "answered", not "sent".)
+    # An unanswered request may or may not have reached the gateway before the kill: the bill lies between
+    # the known cost and the known cost plus every unanswered request.
     unanswered = cost["requests_unanswered"]
-    assert unanswered <= in_flight_at_kill and cost["by_try"]["1"]["requests_unanswered"] == unanswered
-    assert cost["usd"] + 0.02 * unanswered == pytest.approx(billing["cost_usd"])
+    assert unanswered <= CONCURRENCY and cost["by_try"]["1"]["requests_unanswered"] == unanswered
+    assert cost["usd"] - 1e-9 <= billing["cost_usd"] <= cost["usd"] + 0.02 * unanswered + 1e-9
     assert cost["this_try"]["requests"] == PROMPTS - len(kept)
     assert [r["state"] for r in manifest["requests"]].count("sent") == unanswered
     assert s3.object_keys("kill/_grok/") == []  # receipts folded into the manifest, then removed

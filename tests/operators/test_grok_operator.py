@@ -506,3 +506,33 @@ GrokGenerateImagesOperator(
     # Airflow normalises the URI (no trailing slash); one event from the Asset, one through the alias.
     events = result.asset_events(f"s3://{s3.bucket}/assets")
     assert events == [expected, expected]
+
+
+def test_above_max_xcom_images_the_xcom_is_a_summary(grok_simulator, s3, dag_runner):
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b", "c"], s3_bucket="{s3.bucket}", '
+        's3_key_prefix="big", max_xcom_images=2)'
+    )
+    result = dag_runner.run(source)
+
+    assert result.state == "success"
+    assert result.xcom("gen") == {
+        "manifest_uri": f"s3://{s3.bucket}/big/manifest.json",
+        "bucket": s3.bucket,
+        "prefix": "big",
+        "images": 3,
+    }
+    assert len(s3.manifest("big")["prompts"]) == 3
+
+
+def test_connection_ids_are_templated(grok_simulator, s3, dag_runner, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GROK_FROM_PARAMS", grok_simulator.connection_json())
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt="a", s3_bucket="{s3.bucket}", s3_key_prefix="tpl", '
+        'grok_conn_id="{{ params.grok_conn }}", aws_conn_id="{{ params.aws_conn }}")',
+        params='{"grok_conn": "grok_from_params", "aws_conn": "aws_default"}',
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", '{"conn_type": "grok", "host": "http://127.0.0.1:9"}')
+    result = dag_runner.run(source)
+
+    assert result.state == "success" and len(grok_simulator.generation_calls) == 1

@@ -20,18 +20,19 @@ IDENTITY = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1, "try_
 
 
 def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> GrokGenerateImagesTrigger:
-    """A trigger as the operator builds it: one job per prompt, storing under ``trig/`` in the test bucket."""
-    jobs = [
-        {
-            "id": f"t1-abc123-d{i:05d}",
-            "prompt_index": i,
-            "first_image_index": 0,
-            "count": n,
-            "fingerprint": f"fp-{i}",
-            "params": {"prompt": p, "model": "grok-imagine-image", "n": n, "response_format": "b64_json"},
-        }
+    """A trigger as the operator builds it: a stored plan of one job per prompt, storing under ``trig/``."""
+    from airflow_provider_grok.api import GenerationParams
+    from airflow_provider_grok.ledger import Job, write_plan
+    from airflow_provider_grok.storage import S3ImageStore
+
+    plan = [
+        (
+            Job(f"t1-abc123-d{i:05d}", i, 0, n, f"fp-{i}"),
+            GenerationParams(prompt=p, model="grok-imagine-image", n=n, response_format="b64_json"),
+        )
         for i, p in enumerate(prompts)
     ]
+    key = write_plan(S3ImageStore("aws_default", s3.bucket, "trig", {}), "abc123", plan)
     return GrokGenerateImagesTrigger(
         grok_conn_id=conn_id,
         aws_conn_id="aws_default",
@@ -39,15 +40,9 @@ def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> G
         prefix="trig",
         s3_extra_args={},
         identity=IDENTITY,
-        jobs=jobs,
+        plan_key=key,
         **kwargs,
     )
-
-
-async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
-    events = [event async for event in trigger.run()]
-    assert len(events) == 1  # exactly one event, always
-    return events[0].payload
 
 
 def all_receipts(s3) -> list[dict]:
@@ -57,6 +52,12 @@ def all_receipts(s3) -> list[dict]:
 def receipts(s3) -> dict[int, dict]:
     """The request receipts the trigger left, by prompt index (one request per prompt)."""
     return {doc["prompt_index"]: doc for doc in all_receipts(s3)}
+
+
+async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
+    events = [event async for event in trigger.run()]
+    assert len(events) == 1  # exactly one event, always
+    return events[0].payload
 
 
 async def wait_until(condition, seconds: float = 20.0) -> None:
