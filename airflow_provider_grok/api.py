@@ -462,47 +462,6 @@ def parse_generation_response(
     )
 
 
-def result_to_event(result: ImageGenerationResult) -> dict[str, Any]:
-    """A result as small JSON for a trigger event: URLs and metadata, never image bytes."""
-    return {
-        "created": result.created,
-        "model": result.model,
-        "requested": result.requested,
-        "usage": result.usage,
-        "request_ids": result.request_ids,
-        "images": [
-            {"index": i.index, "url": i.url, "revised_prompt": i.revised_prompt, "mime_type": i.mime_type}
-            for i in result.images
-        ],
-    }
-
-
-def result_from_event(data: Mapping[str, Any]) -> ImageGenerationResult:
-    """Rebuild a result from :func:`result_to_event`; :class:`GrokResponseError` if the event is malformed."""
-    try:
-        images = [
-            GeneratedImage(
-                index=int(i["index"]),
-                url=i["url"],
-                revised_prompt=i.get("revised_prompt"),
-                mime_type=i.get("mime_type"),
-            )
-            for i in data["images"]
-        ]
-        return ImageGenerationResult(
-            created=data.get("created"),
-            model=data.get("model"),
-            images=images,
-            requested=int(data["requested"]),
-            usage=data.get("usage"),
-            request_ids=list(data.get("request_ids") or []),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise GrokResponseError(
-            f"Malformed generation result in trigger event ({type(err).__name__}: {err})."
-        ) from None
-
-
 def merge_results(parts: Sequence[ImageGenerationResult], *, model: str | None = None) -> ImageGenerationResult:
     """Join the results of split requests, in order, renumbering images 0..k-1."""
     images: list[GeneratedImage] = []

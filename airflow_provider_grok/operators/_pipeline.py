@@ -189,15 +189,20 @@ class GenerationPipeline:
         self, key: str, size: int, content_type: str, metadata: Mapping[str, str]
     ) -> tuple[str, StoredImage, bool] | None:
         """An image stored just before a crash, before its receipt said so: its metadata is its record."""
+        try:
+            map_index, prompt_index, image_index = (
+                int(metadata[name]) for name in ("map-index", "prompt-index", "image-index")
+            )
+        except (KeyError, ValueError):
+            return None  # not written by this provider's ledger: leave it alone
         owner = {
             "dag_id": metadata.get("dag-id"),
             "task_id": metadata.get("task-id"),
             "run_id": metadata.get("run-id"),
-            "map_index": int(metadata.get("map-index", "-2")),
+            "map_index": map_index,
         }
         if self.identity.foreign_owner(owner) is not None or not metadata.get("sha256"):
             return None
-        prompt_index, image_index = int(metadata["prompt-index"]), int(metadata["image-index"])
         if prompt_index >= len(self.records):
             return None
         request = self.requests.get(metadata.get("request", ""))

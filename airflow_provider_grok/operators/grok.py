@@ -335,7 +335,13 @@ class GrokGenerateImagesOperator(BaseOperator):
             pipeline.record_batch_failure(outcome.error)
             pipeline.finalize()  # the manifest says what happened; the task fails with the original error
             raise outcome.error
-        lost = [job for job in pipeline.pending_jobs("s") if pipeline.records[job.prompt_index].error is None]
+        # Prompts with an error or an image that could not be stored fail as on the sync path; what remains
+        # missing was paid for but lost in a triggerer crash between an answer and its storing.
+        lost = [
+            job
+            for job in pipeline.pending_jobs("s")
+            if pipeline.records[job.prompt_index].error is None and not pipeline.records[job.prompt_index].not_stored
+        ]
         if lost:
             self.log.warning(
                 "%d images were paid for in the triggerer but not stored (it was restarted while storing them); "

@@ -536,3 +536,31 @@ def test_connection_ids_are_templated(grok_simulator, s3, dag_runner, monkeypatc
     result = dag_runner.run(source)
 
     assert result.state == "success" and len(grok_simulator.generation_calls) == 1
+
+
+def test_an_image_stored_just_before_a_crash_is_adopted_from_its_own_metadata(grok_simulator, s3, dag_runner):
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], s3_bucket="{s3.bucket}", s3_key_prefix="orph")'
+    )
+    path, dag_id = dag_runner.write(source)
+    dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
+    manifest = s3.manifest("orph")
+    stored = manifest["prompts"][1]["images"][0]
+    # What a worker killed between storing prompt 1's image and recording it leaves behind: the image, an
+    # "answered" receipt, and a manifest that does not know the image yet.
+    (request,) = [r for r in manifest["requests"] if r["prompt_index"] == 1]
+    owner = {k: manifest[k] for k in ("dag_id", "task_id", "run_id", "map_index")}
+    receipt = {"receipt_version": 1, **owner, **request, "state": "answered", "images": []}
+    s3.client.put_object(Bucket=s3.bucket, Key=f"orph/_grok/requests/{request['id']}.json", Body=json.dumps(receipt))
+    manifest["prompts"][1]["images"] = []
+    manifest["requests"] = [r for r in manifest["requests"] if r["prompt_index"] != 1]
+    s3.client.put_object(Bucket=s3.bucket, Key="orph/manifest.json", Body=json.dumps(manifest))
+
+    result = dag_runner.run_file(path, dag_id, logical_date=SAME_RUN, run_after=SAME_RUN)
+
+    assert result.state == "success"
+    assert len(grok_simulator.generation_calls) == 2  # nothing paid again: the image was adopted
+    after = s3.manifest("orph")
+    assert after["prompts"][1]["images"] == [stored]  # every field recovered, the SHA-256 from the metadata
+    assert after["cost"]["requests"] == 2 and after["cost"]["usd"] == pytest.approx(0.04)
+    assert s3.object_keys("orph/_grok/") == []
