@@ -53,8 +53,10 @@ METHOD = """## How this is measured
   Wall and client CPU cover that block; peak RSS is the whole process (the provider's includes Airflow).
 - Physical limit: a client that only waits, with the gateway's cap always full: ceil(calls / cap) rounds of
   one call (latency plus transfer of the answer), measured against the same simulator in the same run.
-- The provider stores more than the others: an S3-verified SHA-256 per object, metadata, and a manifest
-  (a pre-flight read, checkpoints, a final write); its S3 client comes from the amazon provider's S3Hook.
+- The provider stores more than the others: an S3-verified SHA-256 per object, metadata that makes each
+  object its own record, three small receipt versions per request (before it is sent, when it is
+  answered, when its images are stored) and a manifest when a try starts and ends; its S3 client comes
+  from the amazon provider's S3Hook.
 - Ratios compare contenders of the same run; nothing here is asserted by the test suite.
 """
 
