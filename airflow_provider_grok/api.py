@@ -38,7 +38,9 @@ from airflow_provider_grok.exceptions import (
     GrokValidationError,
 )
 
-# --- Allowed values (the single source of truth; the docs and the simulator read them from here) ---
+# --- Known values (the single source of truth; the docs and the simulator read them from here) ---
+# xAI adds values every few months: these lists document and warn. Only a malformed value is refused
+# before a call; a well-formed unknown one is sent (xAI refuses a bad value with a free 4xx) with a warning.
 
 DEFAULT_MODEL = "grok-imagine-image"
 MAX_IMAGES_PER_REQUEST = 10
@@ -48,12 +50,20 @@ MAX_IMAGES_PER_CALL = 100
 RESPONSE_FORMATS = ("url", "b64_json")
 ASPECT_RATIOS = (
     "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2",
-    "19.5:9", "9:19.5", "20:9", "9:20", "auto",
+    "19.5:9", "9:19.5", "20:9", "9:20", "21:9", "5:2", "auto",
 )  # fmt: skip
-RESOLUTIONS = ("1k", "2k")
+RESOLUTIONS = ("1k", "1.5k", "2k")
 SIZES = ("1024x1024", "1536x1024", "1024x1536")
-# Gateway 003 takes standard/hd; xAI's grok-imagine-image-2.0 takes low/medium.
-QUALITIES = ("standard", "hd", "low", "medium")
+# Gateway 003 takes standard/hd; xAI's grok-imagine-image-2.0 takes low/medium/auto (auto is its default).
+QUALITIES = ("standard", "hd", "low", "medium", "auto")
+# What a well-formed value looks like, for values not in the lists above.
+_WELL_FORMED = {
+    "aspect_ratio": (re.compile(r"^(\d+(\.\d+)?:\d+(\.\d+)?|auto)$"), "W:H such as 16:9, or auto"),
+    "resolution": (re.compile(r"^\d+(\.\d+)?k$"), "<number>k such as 1k or 2k"),
+    "size": (re.compile(r"^\d+x\d+$"), "WIDTHxHEIGHT such as 1024x1024"),
+    "quality": (re.compile(r"^[a-z][a-z0-9_-]*$"), "a lowercase word such as low, medium, auto, standard, hd"),
+}
+_KNOWN = {"aspect_ratio": ASPECT_RATIOS, "resolution": RESOLUTIONS, "size": SIZES, "quality": QUALITIES}
 # Fields the provider sets itself; extra_body may not override them.
 CORE_FIELDS = (
     "prompt", "model", "n", "response_format", "aspect_ratio", "resolution", "size", "quality", "user",
@@ -64,6 +74,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 300.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+# Ten 2k images as base64 are tens of MB; an answer far beyond that is not one.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 GENERATIONS_PATH = "images/generations"
 MODELS_PATH = "models"
@@ -111,10 +123,11 @@ def header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return None
 
 
-def request_id_from_headers(headers: Mapping[str, str] | None) -> str | None:
+def request_id_from_headers(headers: Mapping[str, str] | None, secret: str | None = None) -> str | None:
+    """The gateway's request id (redacted: a hostile gateway may echo the key in any header)."""
     for name in REQUEST_ID_HEADERS:
         if value := header(headers, name):
-            return value
+            return redact(value, secret)[:200]
     return None
 
 
@@ -250,6 +263,12 @@ def _extra_headers(value: Any) -> dict[str, str]:
             raise _invalid("connection extra 'extra_headers'", value, f"not valid JSON ({err.msg})") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _invalid("connection extra 'extra_headers'", value, 'expected a JSON object of strings, {"X-Name": "v"}')
+    if any(any(ord(c) < 32 or ord(c) == 127 for c in k + v) for k, v in value.items()):
+        raise _invalid(
+            "connection extra 'extra_headers'",
+            {k: "..." for k in value},
+            "header names and values may not contain control characters (CR, LF)",
+        )
     if any(k.lower() == "authorization" for k in value):
         raise GrokValidationError(
             "Invalid connection extra 'extra_headers': it sets Authorization, which would replace the "
@@ -352,10 +371,10 @@ def validate_generation_params(p: GenerationParams) -> None:
             f"{MAX_IMAGES_PER_REQUEST} is sent as several requests)",
         )
     _choice("response_format", p.response_format, RESPONSE_FORMATS)
-    _choice("aspect_ratio", p.aspect_ratio, ASPECT_RATIOS)
-    _choice("resolution", p.resolution, RESOLUTIONS)
-    _choice("size", p.size, SIZES)
-    _choice("quality", p.quality, QUALITIES)
+    for name, (pattern, form) in _WELL_FORMED.items():
+        value = getattr(p, name)
+        if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+            raise _invalid(name, value, f"expected {form} (known: {', '.join(_KNOWN[name])})")
     if p.size is not None and (p.aspect_ratio is not None or p.resolution is not None):
         raise _invalid(
             "size",
@@ -373,6 +392,20 @@ def validate_generation_params(p: GenerationParams) -> None:
             raise _invalid(
                 "extra_body", p.extra_body, f"{', '.join(clashes)} must be passed as parameters, not in extra_body"
             )
+        try:
+            json.dumps(p.extra_body, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise _invalid("extra_body", p.extra_body, f"expected JSON values only ({err})") from None
+
+
+def unknown_values(p: GenerationParams) -> list[str]:
+    """Well-formed values this provider does not know yet: sent as given, worth a warning."""
+    return [
+        f"{name}={getattr(p, name)!r} is not a value this provider knows ({', '.join(_KNOWN[name])}); sending it "
+        "as given (the gateway refuses a value it does not take, without charge)"
+        for name in _KNOWN
+        if getattr(p, name) is not None and getattr(p, name) not in _KNOWN[name]
+    ]
 
 
 # --- Responses ---
@@ -407,11 +440,13 @@ class ImageGenerationResult:
     requested: int
     usage: dict[str, Any] | None = None
     request_ids: list[str] = field(default_factory=list)
+    malformed: int = 0
+    extra_returned: int = 0
 
     @property
     def filtered_count(self) -> int:
-        """Images asked for but not returned (content moderation)."""
-        return max(self.requested - len(self.images), 0)
+        """Images asked for but removed by content moderation (not returned, or returned as placeholders)."""
+        return max(self.requested - len(self.images) - self.malformed, 0)
 
     @property
     def cost_usd(self) -> float | None:
@@ -423,23 +458,42 @@ _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?,", re.IGN
 
 
 def parse_generation_response(
-    payload: Any, *, requested: int, request_id: str | None = None, first_index: int = 0
+    payload: Any, *, requested: int, request_id: str | None = None, first_index: int = 0, secret: str | None = None
 ) -> ImageGenerationResult:
-    """Read one 200 response body (already JSON-decoded). Items with neither url nor b64_json are dropped."""
+    """
+    Read one 200 response body (already JSON-decoded).
+
+    Items xAI marks ``"respect_moderation": false`` are placeholders for images moderation removed: they
+    count as filtered, never as images. Items with neither ``url`` nor ``b64_json`` count as ``malformed``.
+    Images beyond ``requested`` are dropped (``extra_returned``): their keys would collide with the next
+    request's. Anything quoted from the body is redacted of ``secret``.
+    """
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise GrokResponseError(
-            f"The gateway answered 200 but not with an image-generation response (expected a JSON object "
-            f"with a 'data' list, got {_shown(payload)[:200]}).",
+            redact(
+                "The gateway answered 200 but not with an image-generation response (expected a JSON object "
+                f"with a 'data' list, got {_shown(payload)[:200]}).",
+                secret,
+            ),
             request_id=request_id,
         )
     images: list[GeneratedImage] = []
+    malformed = extra = 0
     for item in payload["data"]:
-        if not isinstance(item, dict):
-            continue
-        url, b64, mime = item.get("url") or None, item.get("b64_json") or None, item.get("mime_type") or None
+        if isinstance(item, dict) and item.get("respect_moderation") is False:
+            continue  # a placeholder: filtered by moderation
+        url, b64, mime = (
+            (item.get("url") or None, item.get("b64_json") or None, item.get("mime_type") or None)
+            if isinstance(item, dict)
+            else (None, None, None)
+        )
         if isinstance(b64, str) and (match := _DATA_URI.match(b64)):
             b64, mime = b64[match.end() :], mime or match.group("mime")
-        if not url and not b64:
+        if not isinstance(url, str | None) or not isinstance(b64, str | None) or (not url and not b64):
+            malformed += 1
+            continue
+        if len(images) == requested:
+            extra += 1
             continue
         images.append(
             GeneratedImage(
@@ -459,6 +513,8 @@ def parse_generation_response(
         requested=requested,
         usage=usage if isinstance(usage, dict) else None,
         request_ids=[request_id] if request_id else [],
+        malformed=malformed,
+        extra_returned=extra,
     )
 
 
@@ -477,6 +533,8 @@ def merge_results(parts: Sequence[ImageGenerationResult], *, model: str | None =
         requested=sum(p.requested for p in parts),
         usage=sum_usage(usages) if usages else None,
         request_ids=[rid for p in parts for rid in p.request_ids],
+        malformed=sum(p.malformed for p in parts),
+        extra_returned=sum(p.extra_returned for p in parts),
     )
 
 
@@ -649,16 +707,21 @@ def retry_after_seconds(headers: Mapping[str, str] | None, *, now: float | None 
     """The wait a 429/503 asks for: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
     if (ms := header(headers, "retry-after-ms")) is not None:
         try:
-            return max(float(ms) / 1000, 0.0)
+            seconds = float(ms) / 1000
         except ValueError:
             pass
+        else:
+            if math.isfinite(seconds):  # NaN or inf would reach time.sleep
+                return max(seconds, 0.0)
     value = header(headers, "retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -767,10 +830,12 @@ def verify_image(data: bytes, source: str) -> ImageType:
     return kind
 
 
-def decode_b64_image(b64: str, source: str) -> bytes:
-    """Decode an inline image (a ``data:`` prefix is tolerated) and verify it is an image."""
+def decode_b64_image(b64: str, source: str, limit: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """Decode an inline image (a ``data:`` prefix is tolerated), capped at ``limit`` bytes, verified an image."""
     if match := _DATA_URI.match(b64):
         b64 = b64[match.end() :]
+    if len(b64) * 3 // 4 > limit:  # known before decoding: never allocate an oversized image
+        raise too_large_error(source, limit, len(b64) * 3 // 4)
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):

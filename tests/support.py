@@ -16,6 +16,16 @@ import boto3
 import requests
 
 
+def wait_until(what: str, condition: Any, seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``seconds`` (every wait has a deadline)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds:.0f} s waiting for {what}"
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

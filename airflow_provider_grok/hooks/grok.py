@@ -33,6 +33,8 @@ from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
     GrokImageDownloadError,
+    GrokNotFoundError,
+    GrokResponseError,
     GrokTransportError,
     GrokValidationError,
 )
@@ -53,9 +55,10 @@ def log_label(label: str) -> Iterator[None]:
         _LOG_LABEL.reset(token)
 
 
-# Connections kept per pool: enough for the operator's max_concurrency and for split requests.
-POOL_SIZE = 32
-DOWNLOAD_CHUNK = 1024 * 1024
+# Connections kept per pool unless the caller says how many requests it runs at once: one call's split
+# requests (n=100 is ten requests of 10).
+DEFAULT_POOL_SIZE = api.MAX_IMAGES_PER_CALL // api.MAX_IMAGES_PER_REQUEST
+READ_CHUNK = 1024 * 1024
 # Image hosts answer these for an expired or revoked temporary URL: retrying cannot help.
 EXPIRED_URL_STATUSES = frozenset({401, 403, 404, 410})
 
@@ -67,6 +70,9 @@ class GrokHookBase(BaseHook):
     :param grok_conn_id: the ``grok`` connection (base URL as host, API key as password).
     :param max_image_bytes: largest image ``fetch_image`` accepts, bytes (default 50 MiB).
     :param retry_backoff: first backoff between retries, seconds (doubles each retry, with jitter).
+    :param max_connections: requests this hook runs at once (the operator's ``max_concurrency``); sizes the
+        connection pools. Default: one call's split requests.
+    :param max_response_bytes: largest API answer read, bytes (default 256 MiB).
     """
 
     conn_name_attr = "grok_conn_id"
@@ -80,13 +86,18 @@ class GrokHookBase(BaseHook):
         *,
         max_image_bytes: int = api.DEFAULT_MAX_IMAGE_BYTES,
         retry_backoff: float = 1.0,
+        max_connections: int | None = None,
+        max_response_bytes: int = api.MAX_RESPONSE_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_response_bytes = max_response_bytes
         self.grok_conn_id = grok_conn_id
         self.max_image_bytes = max_image_bytes
         self.unknown_extras: list[str] = []
         self.retry_backoff = retry_backoff
+        # Split requests of one call run at once too: leave room for them on top of the caller's concurrency.
+        self.pool_size = max(max_connections or 0, DEFAULT_POOL_SIZE)
 
     def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> ConnectionSettings:
         """Parse and validate a connection (the caller has registered its password with the secrets masker)."""
@@ -122,7 +133,12 @@ class GrokHookBase(BaseHook):
                 f"{', '.join(GenerationOptions.__annotations__)}."
             )
         rest: dict[str, Any] = {name: value for name, value in options.items() if name != "model"}
-        return GenerationParams(prompt=prompt, model=options.get("model") or self.settings.model, **rest)
+        # Only None means "the connection's model": an empty string is a mistake, refused by validation.
+        model = options.get("model")
+        params = GenerationParams(prompt=prompt, model=self.settings.model if model is None else model, **rest)
+        for warning in api.unknown_values(params):
+            self.log.warning("%s%s", _LOG_LABEL.get(), warning)
+        return params
 
     def _retry_delay(
         self,
@@ -149,6 +165,14 @@ class GrokHookBase(BaseHook):
                     f"{what} got no HTTP answer after {retries_done + 1} attempts: {failure}. Check the "
                     "connection's base URL and the network; raise the 'timeout' extra for slow gateways."
                 ) from None
+        elif status is not None and 300 <= status < 400:
+            location = api.redact(api.header(headers, "location") or "another address", settings.api_key)
+            raise GrokNotFoundError(
+                f"{what} was redirected (HTTP {status}) to {location[:200]}. Redirects are not followed, so the "
+                "API key and extra headers never go to another address: store the final URL as the connection's "
+                "base URL.",
+                status=status,
+            )
         else:
             assert status is not None
             failure = f"HTTP {status}"
@@ -158,22 +182,30 @@ class GrokHookBase(BaseHook):
                     status,
                     body,
                     content_type=api.header(headers, "content-type"),
-                    request_id=api.request_id_from_headers(headers),
+                    request_id=api.request_id_from_headers(headers, settings.api_key),
                     secret=settings.api_key,
                     attempts=retries_done + 1,
                 )
         self._log_retry(what, failure, retries_done, delay)
         return delay
 
-    @staticmethod
-    def _generation_result(body: dict[str, Any], content: bytes, headers: Mapping[str, str]) -> ImageGenerationResult:
+    def _generation_result(
+        self, body: dict[str, Any], content: bytes, headers: Mapping[str, str]
+    ) -> ImageGenerationResult:
         """Read a 2xx answer to ``body`` (a body that is not JSON becomes a readable GrokResponseError)."""
         try:
             payload = json.loads(content)
         except ValueError:
             payload = content[:200].decode("utf-8", "replace")
+        secret = self.settings.api_key
         return api.parse_generation_response(
-            payload, requested=body["n"], request_id=api.request_id_from_headers(headers)
+            payload, requested=body["n"], request_id=api.request_id_from_headers(headers, secret), secret=secret
+        )
+
+    def _too_large_answer(self, what: str) -> GrokResponseError:
+        return GrokResponseError(
+            f"{what}: the answer is larger than the {self.max_response_bytes}-byte limit (ten 2k images are tens "
+            "of MB); refusing to read it."
         )
 
     def _log_retry(self, what: str, failure: str, retries_done: int, delay: float) -> None:
@@ -189,6 +221,26 @@ class GrokHookBase(BaseHook):
 
     def _finish(self, params: GenerationParams, result: ImageGenerationResult) -> ImageGenerationResult:
         """Log the outcome; zero images for a prompt is an error, fewer than asked a warning."""
+        label = _LOG_LABEL.get()
+        if result.malformed:
+            self.log.warning(
+                "%sThe gateway returned %d items with neither an image URL nor b64_json (billed, not images).",
+                label,
+                result.malformed,
+            )
+        if result.extra_returned:
+            self.log.warning(
+                "%sThe gateway returned %d images more than the %d asked for; they are dropped.",
+                label,
+                result.extra_returned,
+                params.n,
+            )
+        if not result.images and result.malformed:
+            raise GrokResponseError(
+                f"The gateway answered with {result.malformed} items but no image in any of them.",
+                status=200,
+                request_id=result.request_ids[0] if result.request_ids else None,
+            )
         if not result.images:
             raise GrokContentFilteredError(
                 f"The gateway returned no images for the prompt (asked for {params.n}): content moderation "
@@ -258,12 +310,12 @@ class GrokHook(GrokHookBase):
     @cached_property
     def session(self) -> requests.Session:
         """The API session. It has no default headers: the key is added per API request only."""
-        return _pooled_session()
+        return _pooled_session(self.pool_size)
 
     @cached_property
     def download_session(self) -> requests.Session:
         """A separate session for image hosts, so no API header can ever reach them."""
-        return _pooled_session()
+        return _pooled_session(self.pool_size)
 
     def get_conn(self) -> requests.Session:
         return self.session
@@ -324,10 +376,16 @@ class GrokHook(GrokHookBase):
                 time.sleep(wait)
             try:
                 response, content = self._send(method, url, body)
-            except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+                _DeadlineExceeded,
+            ) as err:
                 delay = self._retry_delay(method, url, retries, error=err)
             else:
-                if response.ok:
+                if 200 <= response.status_code < 300:
                     return response, content
                 delay = self._retry_delay(
                     method,
@@ -341,8 +399,12 @@ class GrokHook(GrokHookBase):
             retries += 1
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[requests.Response, bytes]:
-        """One attempt. The body is read in one call: requests' 10 kB chunks cost CPU on answers of many MB."""
+        """
+        One attempt, within the connection's ``timeout`` as a whole and capped in size. Redirects are not
+        followed: requests would forward ``extra_headers`` to another origin.
+        """
         settings = self.settings
+        deadline = time.monotonic() + settings.timeout
         response = self.session.request(
             method,
             url,
@@ -350,11 +412,15 @@ class GrokHook(GrokHookBase):
             headers=settings.api_headers(),
             timeout=(settings.connect_timeout, settings.timeout),
             stream=True,
+            allow_redirects=False,
         )
         try:
-            return response, response.raw.read(decode_content=True)
+            content = _read_within(response, deadline, self.max_response_bytes)
+        except _TooLarge:
+            raise self._too_large_answer(f"Grok {method} {url}") from None
         finally:
             response.close()
+        return response, content
 
     # --- images ---
 
@@ -369,11 +435,11 @@ class GrokHook(GrokHookBase):
         """
         source = f"Image {image.index}"
         if image.b64_json:
-            return api.decode_b64_image(image.b64_json, source)
+            return api.decode_b64_image(image.b64_json, source, self.max_image_bytes)
         if not image.url:
             raise GrokImageDownloadError(f"{source} has neither a URL nor b64_json.")
         if image.url.startswith("data:"):
-            return api.decode_b64_image(image.url, source)
+            return api.decode_b64_image(image.url, source, self.max_image_bytes)
         api.check_download_url(image.url, source)
         retries = 0
         while True:
@@ -393,10 +459,15 @@ class GrokHook(GrokHookBase):
                 return data
 
     def _download(self, image: GeneratedImage) -> bytes:
-        """One download attempt: bytes, a final GrokImageDownloadError, or a _TransientDownloadError."""
+        """
+        One download attempt: bytes, a final GrokImageDownloadError, or a _TransientDownloadError. Every
+        fault of ``requests`` ends as one of those: a body cut short is transient, a redirect loop or a
+        redirect to a non-http(s) URL is final.
+        """
         assert image.url is not None
         source = f"Image {image.index}"
         limit = self.max_image_bytes
+        deadline = time.monotonic() + self.settings.timeout
         try:
             with self.download_session.get(
                 image.url, stream=True, timeout=(self.settings.connect_timeout, self.settings.timeout)
@@ -410,15 +481,21 @@ class GrokHook(GrokHookBase):
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise api.too_large_error(source, limit, int(declared))
-                chunks, size = [], 0
-                for chunk in response.iter_content(DOWNLOAD_CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise api.too_large_error(source, limit)
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except (requests.ConnectionError, requests.Timeout) as err:
+                return _read_within(response, deadline, limit)
+        except _TooLarge:
+            raise api.too_large_error(source, limit) from None
+        except urllib3.exceptions.DecodeError as err:  # a corrupt Content-Encoding: the same on every attempt
+            raise GrokImageDownloadError(f"{source}: the image host sent an undecodable body: {err}") from None
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError,
+            _DeadlineExceeded,
+        ) as err:
             raise _TransientDownloadError(f"{type(err).__name__}: {err}", None) from None
+        except requests.RequestException as err:  # redirect loops, unsupported schemes, undecodable bodies
+            raise GrokImageDownloadError(f"{source}: the download failed: {type(err).__name__}: {err}") from None
 
     # --- connection test ---
 
@@ -502,7 +579,7 @@ class GrokAsyncHook(GrokHookBase):
             settings = await self.load_settings()
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-                limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
+                limits=httpx.Limits(max_connections=self.pool_size, max_keepalive_connections=self.pool_size),
             )
         return self._client
 
@@ -525,11 +602,11 @@ class GrokAsyncHook(GrokHookBase):
         return self._finish(params, self._merge_chunks(params, list(outcomes)))
 
     async def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
-        response = await self._call("POST", api.GENERATIONS_PATH, body)
-        return self._generation_result(body, response.content, response.headers)
+        headers, content = await self._call("POST", api.GENERATIONS_PATH, body)
+        return self._generation_result(body, content, headers)
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        """Send one API request with throttling and bounded retries; return a 2xx response or raise."""
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[httpx.Headers, bytes]:
+        """Send one API request with throttling and bounded retries; return a 2xx answer's headers and body."""
         settings = await self.load_settings()
         client = await self.client()
         url = settings.url(path)
@@ -538,17 +615,62 @@ class GrokAsyncHook(GrokHookBase):
             if wait := self.rate_limiter.reserve():
                 await asyncio.sleep(wait)
             try:
-                response = await client.request(method, url, json=body, headers=settings.api_headers())
-            except httpx.TransportError as err:
+                status, headers, content = await self._send(client, method, url, body)
+            except (httpx.TransportError, _DeadlineExceeded) as err:
                 delay = self._retry_delay(method, url, retries, error=err)
             else:
-                if response.is_success:
-                    return response
+                if 200 <= status < 300:
+                    return headers, content
                 delay = self._retry_delay(
-                    method, url, retries, status=response.status_code, headers=response.headers, body=response.text
+                    method, url, retries, status=status, headers=headers, body=content.decode("utf-8", "replace")
                 )
             await asyncio.sleep(delay)
             retries += 1
+
+    async def _send(
+        self, client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One attempt within the connection's ``timeout`` as a whole, capped in size (see the sync twin)."""
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.timeout):
+                async with client.stream(method, url, json=body, headers=settings.api_headers()) as response:
+                    chunks, size = [], 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > self.max_response_bytes:
+                            raise self._too_large_answer(f"Grok {method} {url}")
+                        chunks.append(chunk)
+                    return response.status_code, response.headers, b"".join(chunks)
+        except TimeoutError:
+            raise _DeadlineExceeded(_DEADLINE_MESSAGE) from None
+
+
+_DEADLINE_MESSAGE = "the whole answer did not arrive within the connection's timeout (a limit on one attempt)"
+
+
+class _DeadlineExceeded(Exception):
+    """An attempt ran past the connection's ``timeout`` (a host dripping bytes never trips a read timeout)."""
+
+
+class _TooLarge(Exception):
+    """A body grew past its cap while being read."""
+
+
+def _read_within(response: requests.Response, deadline: float, limit: int) -> bytes:
+    """
+    Read a streamed body by the chunk as it arrives (``read1``: a slow host cannot make one read wait for a
+    full chunk), refusing to go past ``deadline`` (monotonic) or ``limit`` bytes.
+    """
+    chunks, size = [], 0
+    while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _DeadlineExceeded(_DEADLINE_MESSAGE)
+    return b"".join(chunks)
 
 
 class _TransientDownloadError(Exception):
@@ -559,10 +681,10 @@ class _TransientDownloadError(Exception):
         self.status = status
 
 
-def _pooled_session() -> requests.Session:
+def _pooled_session(size: int) -> requests.Session:
     session = requests.Session()
     # Retries are ours (billing-aware and logged), so urllib3's own are off.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

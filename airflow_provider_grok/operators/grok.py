@@ -249,7 +249,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         from airflow_provider_grok.operators._pipeline import GenerationPipeline
         from airflow_provider_grok.storage import S3ImageStore
 
-        hook = GrokHook(grok_conn_id=self.grok_conn_id)
+        hook = GrokHook(grok_conn_id=self.grok_conn_id, max_connections=self.max_concurrency)
         try:
             prompts = self.prompts()
             request = self.generation_request()

@@ -15,7 +15,7 @@ import zlib
 
 from airflow_provider_grok.api import ASPECT_RATIOS
 
-MEGAPIXELS = {"1k": 1024 * 1024, "2k": 2048 * 2048}
+MEGAPIXELS = {"1k": 1024 * 1024, "1.5k": 1536 * 1536, "2k": 2048 * 2048}
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 # Noise strength that gives realistic file sizes: about 0.35 MB at 1k and 1.5 MB at 2k as JPEG.
 NOISE_SIGMA = 35

@@ -44,6 +44,8 @@ DIALECT_FIELDS = {
     "openai": {"size", "quality", "user"},
 }
 CORE = {"prompt", "model", "n", "response_format"}
+API_MISBEHAVIOURS = ("drip", "echo_key", "extra_images", "placeholders", "no_image", "redirect")
+DOWNLOAD_MISBEHAVIOURS = ("truncate", "drip", "redirect_loop", "redirect_file", "bad_encoding")
 CONTROL_PREFIX = "/_simulator/"
 CONTROL_HELP = {
     "GET /_simulator/calls": "every API call answered so far: method, path, status, request_id, body, billed_ticks",
@@ -248,6 +250,28 @@ class GrokSimulator:
         """Add ``seconds`` of latency to matching generations."""
         self._add(self._faults, "delay", times, prompt_contains, seconds=seconds)
 
+    def misbehave(self, kind: str, *, times: int | None = 1, prompt_contains: str | None = None, **params: Any) -> None:
+        """
+        A hostile gateway, for the next ``times`` generations: ``drip`` (a 200 whose body arrives a byte every
+        ``interval`` seconds), ``echo_key`` (a 200 that is no generation answer and echoes the Authorization
+        header, also as the request id), ``extra_images`` (``extra`` more images than asked),
+        ``placeholders`` (the last ``count`` items are moderated placeholders, ``respect_moderation: false``),
+        ``no_image`` (items with neither url nor b64_json), ``redirect`` (a 307 to ``location``).
+        """
+        if kind not in API_MISBEHAVIOURS:
+            raise ValueError(f"kind must be one of {', '.join(API_MISBEHAVIOURS)}, not {kind!r}")
+        self._add(self._faults, kind, times, prompt_contains, **params)
+
+    def misbehave_downloads(self, kind: str, *, times: int | None = 1, **params: Any) -> None:
+        """
+        A hostile image host, for the next ``times`` downloads: ``truncate`` (the body stops short of its
+        Content-Length), ``drip`` (a byte every ``interval`` seconds), ``redirect_loop``, ``redirect_file``
+        (a redirect to ``file:///etc/passwd``), ``bad_encoding`` (``Content-Encoding: gzip`` over garbage).
+        """
+        if kind not in DOWNLOAD_MISBEHAVIOURS:
+            raise ValueError(f"kind must be one of {', '.join(DOWNLOAD_MISBEHAVIOURS)}, not {kind!r}")
+        self._add(self._download_faults, kind, times, None, **params)
+
     def fail_downloads(self, status: int, *, times: int | None = 1) -> None:
         """The image host answers ``status`` to the next ``times`` downloads."""
         self._add(self._download_faults, "error", times, None, status=status)
@@ -298,6 +322,8 @@ class GrokSimulator:
             "slow_down": self.slow_down,
             "fail_downloads": self.fail_downloads,
             "serve_non_images": self.serve_non_images,
+            "misbehave": self.misbehave,
+            "misbehave_downloads": self.misbehave_downloads,
         }
         if method == "GET" and action == "calls":
             with self._lock:
@@ -307,7 +333,7 @@ class GrokSimulator:
         if method == "POST" and action in faults:
             try:
                 faults[action](**args)
-            except TypeError as err:
+            except (TypeError, ValueError) as err:
                 return 400, {"error": f"{action}: {err}"}
             return 200, {"ok": True}
         if method == "POST" and action == "latency":
@@ -373,7 +399,7 @@ class GrokSimulator:
             "aspect_ratio": api.ASPECT_RATIOS,
             "resolution": api.RESOLUTIONS,
             "size": api.SIZES,
-            "quality": ("low", "medium") if self.dialect == "xai" else ("standard", "hd"),
+            "quality": ("low", "medium", "auto") if self.dialect == "xai" else ("standard", "hd"),
         }
         for name, allowed in checks.items():
             if name in body and body[name] not in allowed:
@@ -419,6 +445,7 @@ class GrokSimulator:
 
 class _SimulatorServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the listen backlog: a client may open up to 64 connections at once
 
     def __init__(self, sim: GrokSimulator, role: str, host: str, port: int) -> None:
         super().__init__((host, port), _Handler)
@@ -498,7 +525,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _generate(self, body: dict[str, Any], request_id: str) -> int | None:
         sim = self.sim
         slow = sim._take_fault(sim._faults, body["prompt"], frozenset({"delay"}))
-        fault = sim._take_fault(sim._faults, body["prompt"], frozenset({"error", "drop", "moderate"}))
+        fault = sim._take_fault(
+            sim._faults, body["prompt"], frozenset({"error", "drop", "moderate", *API_MISBEHAVIOURS})
+        )
         delay = sim.latency + (slow.params["seconds"] if slow else 0)
         if delay:
             time.sleep(delay)
@@ -509,8 +538,42 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if fault and fault.kind == "error":
             return self._injected_error(fault.params, request_id)
+        if fault and fault.kind in API_MISBEHAVIOURS:
+            return self._misbehave(fault, body, request_id)
         keep = fault.params["keep"] if fault and fault.kind == "moderate" else None
         return self._json(200, sim.generate(body, request_id, keep), request_id=request_id)
+
+    def _misbehave(self, fault: _Fault, body: dict[str, Any], request_id: str) -> int:
+        sim, kind = self.sim, fault.kind
+        if kind == "echo_key":
+            echoed = self.headers.get("Authorization", "")
+            return self._json(200, {"echo": echoed}, request_id=echoed)
+        if kind == "redirect":
+            return self._send(307, b"", "text/plain", extra={"Location": fault.params["location"]})
+        payload = sim.generate({**body, "n": body.get("n", 1) + fault.params.get("extra", 0)}, request_id, None)
+        if kind == "placeholders":
+            for item in payload["data"][-fault.params.get("count", 1) :]:
+                item["respect_moderation"] = False
+        if kind == "no_image":
+            payload["data"] = [{"revised_prompt": "no image here"} for _ in payload["data"]]
+        if kind == "drip":
+            return self._drip(json.dumps(payload).encode(), "application/json", fault.params.get("interval", 0.5))
+        return self._json(200, payload, request_id=request_id)
+
+    def _drip(self, body: bytes, content_type: str, interval: float) -> int:
+        """Headers at once, then the body a byte at a time: no single read ever times out."""
+        self._commit_record(200)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(interval)
+        self.close_connection = True
+        return 200
 
     def _injected_error(self, params: dict[str, Any], request_id: str) -> int:
         status = params["status"]
@@ -547,12 +610,31 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(fault.params["status"], b"simulated image host fault", "text/plain")
         if fault and fault.kind == "non_image":
             return self._send(200, b"<html><body>Not an image</body></html>", "text/html")
+        if fault and fault.kind == "redirect_loop":
+            return self._send(302, b"", "text/plain", extra={"Location": self.path})
+        if fault and fault.kind == "redirect_file":
+            return self._send(302, b"", "text/plain", extra={"Location": "file:///etc/passwd"})
+        if fault and fault.kind == "bad_encoding":
+            return self._send(200, b"this is not gzip at all", "image/jpeg", extra={"Content-Encoding": "gzip"})
         issued = sim.issued_image(token)
         if issued is None:
             expired = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
             return self._send(403, expired, "application/xml")
         width, height, fmt, label, look = issued
-        return self._send(200, unique_image(width, height, fmt, label, look), FORMATS[fmt])
+        data = unique_image(width, height, fmt, label, look)
+        if fault and fault.kind == "drip":
+            return self._drip(data, FORMATS[fmt], fault.params.get("interval", 0.5))
+        if fault and fault.kind == "truncate":
+            self._commit_record(200)
+            self.send_response(200)
+            self.send_header("Content-Type", FORMATS[fmt])
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return 200
+        return self._send(200, data, FORMATS[fmt])
 
     # --- writing ---
 

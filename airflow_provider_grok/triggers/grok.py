@@ -184,7 +184,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         from airflow_provider_grok.storage import S3ImageStore
 
         store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
-        downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
+        downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
         ledger = RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
         receipts = store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
         return ledger, read_plan(store, self.plan_key), receipts
@@ -216,7 +216,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         from airflow_provider_grok import api
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
 
-        hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff)
+        hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
             ledger, plan, receipts = await asyncio.to_thread(self._open)

@@ -49,12 +49,17 @@ def params(**kw):
         ({"n": "2"}, "n", "integer"),
         ({"n": True}, "n", "integer"),
         ({"response_format": "png"}, "response_format", "url, b64_json"),
-        ({"aspect_ratio": "5:4"}, "aspect_ratio", "16:9"),
-        ({"aspect_ratio": "16x9"}, "aspect_ratio", "19.5:9"),
-        ({"resolution": "4k"}, "resolution", "1k, 2k"),
-        ({"resolution": "2K"}, "resolution", "1k, 2k"),
-        ({"size": "512x512"}, "size", "1024x1024, 1536x1024, 1024x1536"),
-        ({"quality": "ultra"}, "quality", "standard, hd, low, medium"),
+        ({"aspect_ratio": "wide"}, "aspect_ratio", "W:H such as 16:9, or auto"),
+        ({"aspect_ratio": "16x9"}, "aspect_ratio", "W:H"),
+        ({"aspect_ratio": ""}, "aspect_ratio", "W:H"),
+        ({"resolution": "high"}, "resolution", "<number>k such as 1k or 2k"),
+        ({"resolution": "2K"}, "resolution", "<number>k"),
+        ({"resolution": 2}, "resolution", "<number>k"),
+        ({"size": "big"}, "size", "WIDTHxHEIGHT"),
+        ({"quality": ""}, "quality", "a lowercase word"),
+        ({"quality": "ultra hd!"}, "quality", "a lowercase word"),
+        ({"extra_body": {"seed": {1, 2}}}, "extra_body", "JSON values only"),
+        ({"extra_body": {"guidance": float("nan")}}, "extra_body", "JSON values only"),
         ({"size": "1024x1024", "aspect_ratio": "1:1"}, "size", "cannot be combined"),
         ({"size": "1024x1024", "resolution": "1k"}, "size", "cannot be combined"),
         ({"user": 42}, "user", "string"),
@@ -83,9 +88,50 @@ def test_huge_values_are_shortened_in_messages():
     assert len(str(err.value)) < 400
 
 
-@pytest.mark.parametrize("value", api.ASPECT_RATIOS)
-def test_every_documented_aspect_ratio_is_accepted(value):
-    assert params(aspect_ratio=value).request_bodies()[0]["aspect_ratio"] == value
+# The values xAI documents today (shared/API.md), written out: not read back from the provider's own list.
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        *(
+            ("aspect_ratio", v)
+            for v in (
+                "1:1",
+                "16:9",
+                "9:16",
+                "4:3",
+                "3:4",
+                "3:2",
+                "2:3",
+                "2:1",
+                "1:2",
+                "19.5:9",
+                "9:19.5",
+                "20:9",
+                "9:20",
+                "21:9",
+                "5:2",
+                "auto",
+            )
+        ),
+        *(("resolution", v) for v in ("1k", "1.5k", "2k")),
+        *(("quality", v) for v in ("standard", "hd", "low", "medium", "auto")),
+        *(("size", v) for v in ("1024x1024", "1536x1024", "1024x1536")),
+    ],
+)
+def test_every_documented_value_is_accepted_without_a_warning(name, value):
+    p = params(**{name: value})
+    assert p.request_bodies()[0][name] == value
+    assert api.unknown_values(p) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("aspect_ratio", "5:4"), ("resolution", "4k"), ("size", "512x512"), ("quality", "ultra")]
+)
+def test_a_well_formed_unknown_value_is_sent_with_a_warning(name, value):
+    p = params(**{name: value})
+    assert p.request_bodies()[0][name] == value  # xAI adds values every few months: do not refuse them
+    (warning,) = api.unknown_values(p)
+    assert warning.startswith(f"{name}={value!r} is not a value this provider knows")
 
 
 @pytest.mark.parametrize(
@@ -232,6 +278,35 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def test_moderated_placeholders_are_filtered_not_images_and_extra_images_are_dropped():
+    placeholder = {"url": "https://img/placeholder.jpg", "respect_moderation": False}
+    payload = {"data": [{"url": "https://img/1.jpg", "respect_moderation": True}, placeholder, placeholder]}
+    result = api.parse_generation_response(payload, requested=3)
+    assert [i.url for i in result.images] == ["https://img/1.jpg"] and result.filtered_count == 2
+    too_many = {"data": [{"url": f"https://img/{i}.jpg"} for i in range(12)]}
+    result = api.parse_generation_response(too_many, requested=10)
+    assert len(result.images) == 10 and result.extra_returned == 2 and result.filtered_count == 0
+
+
+def test_a_200_that_is_not_a_generation_answer_is_redacted():
+    key = "xai-secret-key-1234567890"
+    with pytest.raises(GrokResponseError) as err:
+        api.parse_generation_response({"echo": f"Bearer {key}"}, requested=1, secret=key)
+    assert key not in str(err.value) and "***" in str(err.value)
+    assert api.request_id_from_headers({"x-request-id": f"id-{key}"}, key) == "id-***"
+
+
+@pytest.mark.parametrize("headers", [{"Retry-After": "NaN"}, {"retry-after-ms": "NaN"}, {"Retry-After": "inf"}])
+def test_a_retry_after_that_is_not_a_finite_number_is_ignored(headers):
+    assert api.retry_after_seconds(headers) is None
+    assert api.RetryPolicy(max_retries=2, backoff_base=0.5).delay(0, status=429, headers=headers) is not None
+
+
+def test_an_inline_image_over_the_cap_is_refused_before_decoding():
+    with pytest.raises(GrokImageDownloadError, match="larger than the 100-byte limit"):
+        api.decode_b64_image(b64(PNG * 50), "Image 0", limit=100)
+
+
 def test_parse_url_and_b64_items_with_optional_fields():
     payload = {
         "created": 1717000000,
@@ -251,7 +326,8 @@ def test_parse_url_and_b64_items_with_optional_fields():
     assert (first.url, first.revised_prompt, first.mime_type) == ("https://img/1.jpg", None, "image/jpeg")
     assert (second.b64_json, second.revised_prompt, second.mime_type) == (b64(PNG), "a cat, revised", None)
     assert (third.b64_json, third.mime_type) == (b64(WEBP), "image/webp")
-    assert result.requested == 5 and result.filtered_count == 2
+    # Items with no image are malformed, not moderation (xAI marks moderated placeholders explicitly).
+    assert result.requested == 5 and result.malformed == 2 and result.filtered_count == 0
     assert result.cost_usd == pytest.approx(0.06)
     assert (result.created, result.model, result.request_ids) == (1717000000, "grok-imagine-image", ["r1"])
 

@@ -285,8 +285,8 @@ def test_prefixed_b64_is_decoded(make_conn):
 
 def test_validation_happens_before_any_request(xai_sim, make_conn):
     hook = hook_for(make_conn, xai_sim)
-    with pytest.raises(GrokValidationError, match="Invalid aspect_ratio='5:4'"):
-        hook.generate_images("x", aspect_ratio="5:4")
+    with pytest.raises(GrokValidationError, match="Invalid aspect_ratio='5 by 4'"):
+        hook.generate_images("x", aspect_ratio="5 by 4")
     with pytest.raises(GrokValidationError, match="Invalid prompt"):
         hook.generate_images("")
     assert xai_sim.calls == []

@@ -53,7 +53,7 @@ def test_one_prompt(grok_simulator, s3, dag_runner):
         "bucket": s3.bucket,
         "key": f"{prefix}/0-0.jpg",
         "content_type": "image/jpeg",
-        "size_bytes": item["size_bytes"],
+        "size_bytes": len(s3.get(f"{prefix}/0-0.jpg")),
         "sha256": hashlib.sha256(s3.get(f"{prefix}/0-0.jpg")).hexdigest(),
         "prompt": "a red fox",
         "revised_prompt": None,
@@ -356,14 +356,14 @@ def test_non_ascii_prompt_keeps_metadata_ascii(grok_simulator, s3, dag_runner):
 
 
 INVALID = {  # task id: (arguments, bucket or None for the test's bucket)
-    "bad_ratio": ('prompt="x", aspect_ratio="5:4"', None),
+    "bad_ratio": ('prompt="x", aspect_ratio="5 by 4"', None),
     "empty_prompt": ('prompt=["ok", " "]', None),
     "no_prompts": ("prompt=[]", None),
     "n_zero": ('prompt="x", n=0', None),
     "size_and_ratio": ('prompt="x", size="1024x1024", aspect_ratio="1:1"', None),
     "bad_extra_args": ('prompt="x", s3_extra_args={"Bucket": "elsewhere"}', None),
     "bucket_uri": ('prompt="x"', "s3://bucket/path"),
-    "bad_quality": ('prompt="x", quality="ultra"', None),
+    "bad_quality": ('prompt="x", quality="Ultra HD!"', None),
 }
 
 
@@ -381,14 +381,14 @@ def test_invalid_parameters_fail_without_any_gateway_call_or_retry(grok_simulato
     assert s3.object_keys() == []
     logs = capfd.readouterr().out
     for expected in (
-        "Invalid aspect_ratio='5:4'",
+        "Invalid aspect_ratio='5 by 4'",
         "Invalid prompt[1]=' '",
         "Invalid prompt=[]",
         "Invalid n=0",
         "cannot be combined",
         "Bucket not allowed",
         "without s3://",
-        "Invalid quality='ultra'",
+        "Invalid quality='Ultra HD!'",
     ):
         assert expected in logs
 
@@ -564,3 +564,25 @@ def test_an_image_stored_just_before_a_crash_is_adopted_from_its_own_metadata(gr
     assert after["prompts"][1]["images"] == [stored]  # every field recovered, the SHA-256 from the metadata
     assert after["cost"]["requests"] == 2 and after["cost"]["usd"] == pytest.approx(0.04)
     assert s3.object_keys("orph/_grok/") == []
+
+
+def test_hostile_faults_end_in_the_manifest_redacted_and_the_rest_is_stored(
+    grok_simulator, s3, dag_runner, monkeypatch, capfd
+):
+    monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", grok_simulator.connection_json(max_retries=0))
+    grok_simulator.misbehave("echo_key", prompt_contains="owl", times=None)  # a 200 echoing the key
+    grok_simulator.misbehave_downloads("redirect_file", times=1)  # one image URL redirects to file://
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt=["a fox", "an owl", "a hare"], s3_bucket="{s3.bucket}", '
+        's3_key_prefix="hostile", response_format="url", max_concurrency=1)'
+    )
+    result = dag_runner.run(source)
+
+    assert result.state == "failed"
+    manifest = s3.manifest("hostile")
+    fox, owl, hare = manifest["prompts"]
+    assert owl["status"] == "failed" and owl["error"].startswith("GrokResponseError")
+    assert sorted(len(p["images"]) for p in (fox, hare)) == [0, 1]  # the other billed image is stored
+    (lost,) = fox["not_stored"] + hare["not_stored"]
+    assert "InvalidSchema" in lost["error"]
+    assert grok_simulator.api_key not in json.dumps(manifest) + capfd.readouterr().out

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
 from airflow_provider_grok.testing import GrokSimulator
 from airflow_provider_grok.testing.context import TaskContext as RuntimeContext
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTENDERS = ROOT / "benchmarks" / "contenders.py"
@@ -39,8 +39,7 @@ def test_on_kill_stops_work_in_flight(s3, monkeypatch):
 
         worker = threading.Thread(target=run)
         worker.start()
-        while sim.peak_concurrency == 0:  # wait until requests are really in flight
-            time.sleep(0.01)
+        wait_until("requests in flight", lambda: sim.peak_concurrency > 0)
         op.on_kill()
         worker.join(timeout=60)
 
@@ -97,8 +96,7 @@ def test_memory_stays_bounded_for_40_prompts_of_four_2k_images(s3, tmp_path):
         [sys.executable, "-m", "airflow_provider_grok.testing", "--prewarm", "2k", "--ready-file", str(ready)]
     )
     try:
-        while not ready.exists():
-            time.sleep(0.05)
+        wait_until("the simulator", ready.exists, 60)
         forty = run_provider_process(ready, s3, 40)
         eighty = run_provider_process(ready, s3, 80)
     finally:
