@@ -19,7 +19,7 @@ def _field(label: str, description: str, schema: dict[str, Any]) -> dict[str, An
 
 
 def get_provider_info() -> dict[str, Any]:
-    from airflow_provider_grok.api import DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_READ_TIMEOUT
+    from airflow_provider_grok.protocol import DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_READ_TIMEOUT
 
     return {
         "package-name": PACKAGE_NAME,

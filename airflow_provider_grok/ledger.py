@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from airflow_provider_grok import api
-from airflow_provider_grok.api import GeneratedImage, GenerationParams, ImageGenerationResult
+from airflow_provider_grok import protocol as api
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
@@ -39,6 +38,7 @@ from airflow_provider_grok.manifest import (
     plan_key,
     receipt_key,
 )
+from airflow_provider_grok.protocol import GeneratedImage, GenerationParams, ImageGenerationResult
 from airflow_provider_grok.storage import S3ImageStore
 
 

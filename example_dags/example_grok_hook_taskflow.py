@@ -28,9 +28,9 @@ with DAG(
     def best_of_three(run_id: str) -> dict:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from airflow_provider_grok.api import sniff_image_type
         from airflow_provider_grok.hooks.grok import GrokHook
         from airflow_provider_grok.manifest import safe_key_part
+        from airflow_provider_grok.protocol import sniff_image_type
 
         hook = GrokHook(grok_conn_id="grok_default")
         result = hook.generate_images(

@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_grok import api
-from airflow_provider_grok.api import GenerationParams, ImageGenerationResult
+from airflow_provider_grok import protocol as api
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
@@ -49,6 +48,7 @@ from airflow_provider_grok.manifest import (
     receipt_key,
     settle_status,
 )
+from airflow_provider_grok.protocol import GenerationParams, ImageGenerationResult
 from airflow_provider_grok.storage import S3ImageStore
 
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation

@@ -13,7 +13,7 @@ import math
 import struct
 import zlib
 
-from airflow_provider_grok.api import ASPECT_RATIOS
+from airflow_provider_grok.protocol import ASPECT_RATIOS
 
 MEGAPIXELS = {"1k": 1024 * 1024, "1.5k": 1536 * 1536, "2k": 2048 * 2048}
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}

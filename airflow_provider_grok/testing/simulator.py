@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from airflow_provider_grok import api
+from airflow_provider_grok import protocol as api
 from airflow_provider_grok.testing.images import FORMATS, PALETTE, image_dimensions, unique_image
 
 Dialect = Literal["xai", "openai"]

@@ -213,7 +213,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         return todo
 
     async def _run(self) -> GenerationEvent:
-        from airflow_provider_grok import api
+        from airflow_provider_grok import protocol as api
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
 
         hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from airflow_provider_grok import api
-from airflow_provider_grok.exceptions import GrokAuthError, GrokError, GrokServerError
+from airflow_provider_grok.exceptions import GrokAuthError, GrokError, GrokServerError, GrokValidationError
 from airflow_provider_grok.hooks.grok import GrokAsyncHook
 from airflow_provider_grok.testing import GrokSimulator
 from airflow_provider_grok.triggers.grok import GrokGenerateImagesTrigger
@@ -21,8 +20,8 @@ IDENTITY = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1, "try_
 
 def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> GrokGenerateImagesTrigger:
     """A trigger as the operator builds it: a stored plan of one job per prompt, storing under ``trig/``."""
-    from airflow_provider_grok.api import GenerationParams
     from airflow_provider_grok.ledger import Job, write_plan
+    from airflow_provider_grok.protocol import GenerationParams
     from airflow_provider_grok.storage import S3ImageStore
 
     plan = [
@@ -221,7 +220,7 @@ async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch, s
 async def test_async_hook_shares_validation_and_errors(xai_sim, make_conn):
     hook = GrokAsyncHook(make_conn(xai_sim, max_retries=1), retry_backoff=0.01)
     try:
-        with pytest.raises(api.GrokValidationError, match="Invalid resolution='4 K'"):
+        with pytest.raises(GrokValidationError, match="Invalid resolution='4 K'"):
             await hook.generate_images("x", resolution="4 K")
         assert xai_sim.calls == []
         result = await hook.generate_images("x", n=25, aspect_ratio="16:9")
@@ -238,7 +237,7 @@ async def test_async_hook_reads_the_connection_asynchronously_and_honours_timeou
     with GrokSimulator(latency=1.5) as sim:
         hook = GrokAsyncHook(make_conn(sim, timeout=1, max_retries=0))
         try:
-            with pytest.raises(api.GrokError, match=r"within the connection's timeout|ReadTimeout"):
+            with pytest.raises(GrokError, match=r"within the connection's timeout|ReadTimeout"):
                 await hook.generate_images("x")
         finally:
             await hook.aclose()

@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from airflow_provider_grok import api
-from airflow_provider_grok.api import GenerationParams, RetryPolicy
+from airflow_provider_grok import protocol as api
 from airflow_provider_grok.exceptions import (
     GrokAuthError,
     GrokBadRequestError,
@@ -21,6 +20,8 @@ from airflow_provider_grok.exceptions import (
     GrokServerError,
     GrokValidationError,
 )
+from airflow_provider_grok.hooks._transport import RateLimiter
+from airflow_provider_grok.protocol import GenerationParams, RetryPolicy
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 20
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20
@@ -298,8 +299,9 @@ def test_a_200_that_is_not_a_generation_answer_is_redacted():
 
 @pytest.mark.parametrize("headers", [{"Retry-After": "NaN"}, {"retry-after-ms": "NaN"}, {"Retry-After": "inf"}])
 def test_a_retry_after_that_is_not_a_finite_number_is_ignored(headers):
-    assert api.retry_after_seconds(headers) is None
-    assert api.RetryPolicy(max_retries=2, backoff_base=0.5).delay(0, status=429, headers=headers) is not None
+    assert api.retry_after_seconds(headers, now=NOW) is None
+    policy = api.RetryPolicy(max_retries=2, backoff_base=0.5)
+    assert policy.delay(0, status=429, headers=headers, rng=lambda: 0.5, now=NOW) is not None
 
 
 def test_an_inline_image_over_the_cap_is_refused_before_decoding():
@@ -467,19 +469,19 @@ def test_connection_test_outcomes():
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, None])
 def test_transient_failures_are_retried(status):
-    assert RetryPolicy(max_retries=3).delay(0, status=status, rng=lambda: 0.0) == 0.5
+    assert RetryPolicy(max_retries=3).delay(0, status=status, rng=lambda: 0.0, now=NOW) == 0.5
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 415, 422, 501])
 def test_permanent_failures_are_not_retried(status):
-    assert RetryPolicy(max_retries=3).delay(0, status=status) is None
+    assert RetryPolicy(max_retries=3).delay(0, status=status, now=NOW, rng=lambda: 0.5) is None
 
 
 def test_retries_are_bounded():
     policy = RetryPolicy(max_retries=2)
-    assert policy.delay(1, status=503) is not None
-    assert policy.delay(2, status=503) is None
-    assert RetryPolicy(max_retries=0).delay(0, status=503) is None
+    assert policy.delay(1, status=503, now=NOW, rng=lambda: 0.5) is not None
+    assert policy.delay(2, status=503, now=NOW, rng=lambda: 0.5) is None
+    assert RetryPolicy(max_retries=0).delay(0, status=503, now=NOW, rng=lambda: 0.5) is None
 
 
 @pytest.mark.parametrize(
@@ -488,7 +490,7 @@ def test_retries_are_bounded():
 )
 def test_exponential_backoff_with_jitter(retries_done, rng, expected):
     policy = RetryPolicy(max_retries=20, backoff_base=1.0, backoff_max=30.0)
-    assert policy.delay(retries_done, status=503, rng=lambda: rng) == pytest.approx(expected)
+    assert policy.delay(retries_done, status=503, rng=lambda: rng, now=NOW) == pytest.approx(expected)
 
 
 NOW = 1_800_000_000.0
@@ -517,17 +519,17 @@ def test_retry_after_forms(headers, expected):
 
 def test_retry_after_is_honoured_and_capped():
     policy = RetryPolicy(max_retries=3, retry_after_max=60)
-    assert policy.delay(0, status=429, headers={"Retry-After": "7"}) == 7.0
-    assert policy.delay(0, status=429, headers={"Retry-After": "3600"}) == 60.0
-    assert policy.delay(0, status=400, headers={"Retry-After": "1"}) is None
+    assert policy.delay(0, status=429, headers={"Retry-After": "7"}, now=NOW, rng=lambda: 0.5) == 7.0
+    assert policy.delay(0, status=429, headers={"Retry-After": "3600"}, now=NOW, rng=lambda: 0.5) == 60.0
+    assert policy.delay(0, status=400, headers={"Retry-After": "1"}, now=NOW, rng=lambda: 0.5) is None
 
 
 def test_rate_limiter_spaces_starts():
-    limiter = api.RateLimiter(4)  # one start every 0.25 s
+    limiter = RateLimiter(4)  # one start every 0.25 s
     waits = [limiter.reserve(now=100.0) for _ in range(4)]
     assert waits == pytest.approx([0.0, 0.25, 0.5, 0.75])
     assert limiter.reserve(now=200.0) == 0.0
-    assert api.RateLimiter(None).reserve(now=1.0) == 0.0
+    assert RateLimiter(None).reserve(now=1.0) == 0.0
 
 
 # --- images ---
