@@ -141,8 +141,18 @@ class GrokHookBase(BaseHook):
             self.settings, self.retry_policy, body, rng=random.random, max_response_bytes=self.max_response_bytes
         )
 
-    def _log_retry(self, step: Retry) -> None:
-        self.log.warning("%s%s", _LOG_LABEL.get(), step.message)
+    def _next_step(
+        self, call: ApiCall | Download, answer: tuple[int, Mapping[str, str], bytes] | TransportFault
+    ) -> Retry | Done[Any]:
+        """Hand the machine what came back (an answer, or the fault instead of one); log a retry it asks for."""
+        step: Retry | Done[Any]
+        if isinstance(answer, TransportFault):
+            step = call.failed(answer.kind, answer.detail, now=time.time())
+        else:
+            step = call.received(*answer, now=time.time())
+        if isinstance(step, Retry):
+            self.log.warning("%s%s", _LOG_LABEL.get(), step.message)
+        return step
 
     def _finish(self, params: GenerationParams, result: ImageGenerationResult) -> ImageGenerationResult:
         """Log what the answer means (the protocol decides; an answer without any image raises)."""
@@ -212,20 +222,16 @@ class GrokHook(GrokHookBase):
 
     def _drive(self, session: requests.Session, call: ApiCall | Download, *, throttled: bool) -> Any:
         """The transport loop: send what the machine says, hand it what came back, sleep when it says so."""
-        step: Retry | Done[Any]
         while True:
             send = call.request()
             if throttled and (wait := self.rate_limiter.reserve()):
                 time.sleep(wait)
             try:
-                status, headers, body = exchange(session, send)
+                step = self._next_step(call, exchange(session, send))
             except TransportFault as fault:
-                step = call.failed(fault.kind, fault.detail, now=time.time())
-            else:
-                step = call.received(status, headers, body, now=time.time())
+                step = self._next_step(call, fault)
             if isinstance(step, Done):
                 return step.value
-            self._log_retry(step)
             time.sleep(step.delay)
 
     # --- generation ---
@@ -387,20 +393,16 @@ class GrokAsyncHook(GrokHookBase):
     async def _drive(self, call: ApiCall) -> Any:
         """The async transport loop (see :meth:`GrokHook._drive`)."""
         client = await self.client()
-        step: Retry | Done[Any]
         while True:
             send = call.request()
             if wait := self.rate_limiter.reserve():
                 await asyncio.sleep(wait)
             try:
-                status, headers, body = await aexchange(client, send)
+                step = self._next_step(call, await aexchange(client, send))
             except TransportFault as fault:
-                step = call.failed(fault.kind, fault.detail, now=time.time())
-            else:
-                step = call.received(status, headers, body, now=time.time())
+                step = self._next_step(call, fault)
             if isinstance(step, Done):
                 return step.value
-            self._log_retry(step)
             await asyncio.sleep(step.delay)
 
     async def generate_images(self, prompt: str, **options: Unpack[GenerationOptions]) -> ImageGenerationResult:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_provider_grok.exceptions import GrokValidationError
+from airflow_provider_grok.protocol.params import GENERATION_OPTIONS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,17 +25,8 @@ if TYPE_CHECKING:
 
 # S3 bucket naming rules (also what MinIO, R2 and Ceph accept): 3-63 chars, lowercase, digits, dots, hyphens.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-GENERATION_FIELDS = (
-    "model",
-    "n",
-    "response_format",
-    "aspect_ratio",
-    "resolution",
-    "size",
-    "quality",
-    "user",
-    "extra_body",
-)
+# The generation parameters as the protocol declares them (one list; a light import: no HTTP library).
+GENERATION_FIELDS = GENERATION_OPTIONS
 
 
 def _default_deferrable() -> bool:

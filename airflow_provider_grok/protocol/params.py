@@ -37,14 +37,26 @@ _WELL_FORMED = {
     "quality": (re.compile(r"^[a-z][a-z0-9_-]*$"), "a lowercase word such as low, medium, auto, standard, hd"),
 }
 _KNOWN = {"aspect_ratio": ASPECT_RATIOS, "resolution": RESOLUTIONS, "size": SIZES, "quality": QUALITIES}
+# The optional generation fields, declared once, with the gateway dialects that take each. A field is
+# sent only when set. Every other list derives from here: GENERATION_OPTIONS (the hooks' keyword
+# arguments and the operator's template fields), CORE_FIELDS, the request body, the simulator's dialects.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "aspect_ratio": ("xai",),
+    "resolution": ("xai",),
+    "size": ("openai",),
+    "quality": ("xai", "openai"),
+    "user": ("xai", "openai"),
+}
+GENERATION_OPTIONS = ("model", "n", "response_format", *OPTIONAL_FIELDS, "extra_body")
 # Fields the provider sets itself; extra_body may not override them.
-CORE_FIELDS = (
-    "prompt", "model", "n", "response_format", "aspect_ratio", "resolution", "size", "quality", "user",
-)  # fmt: skip
+CORE_FIELDS = ("prompt", "model", "n", "response_format", *OPTIONAL_FIELDS)
 
 
 class GenerationOptions(TypedDict, total=False):
-    """The optional parameters of a generation call, as hooks take them (see :class:`GenerationParams`)."""
+    """
+    The optional parameters of a generation call, as hooks take them (see :class:`GenerationParams`);
+    its keys are :data:`GENERATION_OPTIONS` (a test holds them equal: typing cannot derive them).
+    """
 
     model: str | None
     n: int
@@ -82,7 +94,7 @@ class GenerationParams:
     def request_bodies(self) -> list[dict[str, Any]]:
         """The JSON bodies to POST, one per chunk of at most 10 images, in image order."""
         base: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
-        for name in ("aspect_ratio", "resolution", "size", "quality", "user"):
+        for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 base[name] = value

@@ -40,8 +40,7 @@ MODELS = {
 }
 # Optional fields each dialect accepts; anything else is refused the way that gateway refuses it.
 DIALECT_FIELDS = {
-    "xai": {"aspect_ratio", "resolution", "quality", "user"},
-    "openai": {"size", "quality", "user"},
+    dialect: {name for name, dialects in api.OPTIONAL_FIELDS.items() if dialect in dialects} for dialect in MODELS
 }
 CORE = {"prompt", "model", "n", "response_format"}
 API_MISBEHAVIOURS = ("drip", "echo_key", "extra_images", "placeholders", "no_image", "redirect")

@@ -589,3 +589,15 @@ def test_redact():
 def test_settings_take_the_port_of_uri_form_connections(host, port, expected):
     settings, _ = api.settings_from_connection(host, "key", {}, port)
     assert settings.base_url == expected
+
+
+def test_the_generation_parameters_are_declared_once():
+    from dataclasses import fields
+
+    from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
+
+    assert tuple(api.GenerationOptions.__annotations__) == api.GENERATION_OPTIONS
+    assert tuple(f.name for f in fields(api.GenerationParams)) == ("prompt", *api.GENERATION_OPTIONS)
+    assert set(api.GENERATION_OPTIONS) <= set(GrokGenerateImagesOperator.template_fields)
+    body = params(aspect_ratio="1:1", resolution="1k", quality="low", user="u").request_bodies()[0]
+    assert set(body) == {"model", "prompt", "n", "response_format", "aspect_ratio", "resolution", "quality", "user"}
