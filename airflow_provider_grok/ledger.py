@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from airflow_provider_grok import protocol as api
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
@@ -38,7 +37,7 @@ from airflow_provider_grok.manifest import (
     plan_key,
     receipt_key,
 )
-from airflow_provider_grok.protocol import GeneratedImage, GenerationParams, ImageGenerationResult
+from airflow_provider_grok.protocol import GeneratedImage, GenerationParams, ImageBytes, ImageGenerationResult
 from airflow_provider_grok.storage import S3ImageStore
 
 
@@ -68,14 +67,14 @@ class RequestLedger:
     Writes request receipts and stores an answer's images: the one durable sequence, used by the worker's
     threads and by the trigger (through ``asyncio.to_thread``) alike.
 
-    :param fetch_image: turns a returned image into bytes (``GrokHook.fetch_image``).
+    :param fetch_image: turns a returned image into verified bytes that know their type (``GrokHook.fetch_image``).
     """
 
     def __init__(
         self,
         store: S3ImageStore,
         identity: TaskIdentity,
-        fetch_image: Callable[[GeneratedImage], bytes],
+        fetch_image: Callable[[GeneratedImage], ImageBytes],
         log: logging.Logger | Any,
     ) -> None:
         self.store = store
@@ -132,7 +131,7 @@ class RequestLedger:
 
     def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> StoredImage:
         data = self.fetch_image(image)
-        kind = api.verify_image(data, f"Image {index} of prompt {request.prompt_index}")
+        kind = data.image_type  # read from the magic numbers when the bytes were fetched
         digest = hashlib.sha256(data)
         key = image_key(self.store.prefix, request.prompt_index, index, kind.extension)
         stored = StoredImage(

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -450,6 +451,11 @@ class _SimulatorServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self.sim = sim
         self.role = role  # "api" or "images"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (a deadline, a killed task) is routine here, not a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
