@@ -11,11 +11,11 @@ import contextvars
 import difflib
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any, Unpack
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import requests
@@ -29,6 +29,7 @@ from airflow_provider_grok.protocol import (
     ConnectionSettings,
     Done,
     Download,
+    EditParams,
     GeneratedImage,
     GenerationCall,
     GenerationOptions,
@@ -44,6 +45,20 @@ __all__ = ["GeneratedImage", "GrokAsyncHook", "GrokHook", "ImageBytes", "ImageGe
 # Connections kept per pool unless the caller says how many requests it runs at once: one call's split
 # requests (n=100 is ten requests of 10).
 DEFAULT_POOL_SIZE = protocol.MAX_IMAGES_PER_CALL // protocol.MAX_IMAGES_PER_REQUEST
+
+
+class EditOptions(TypedDict, total=False):
+    """The optional parameters of an edit (those of a generation but ``size``)."""
+
+    model: str | None
+    n: int
+    response_format: str
+    aspect_ratio: str | None
+    resolution: str | None
+    quality: str | None
+    user: str | None
+    extra_body: Mapping[str, Any] | None
+
 
 # What the hook's log lines are about ("Prompt 3: ..."), set by callers that run many calls in threads.
 _LOG_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("grok_log_label", default="")
@@ -136,9 +151,32 @@ class GrokHookBase(BaseHook):
             self.log.warning("%s%s", _LOG_LABEL.get(), warning)
         return params
 
-    def _generation_call(self, body: dict[str, Any]) -> GenerationCall:
+    def build_edit_params(self, prompt: str, images: Sequence[Any], **options: Unpack[EditOptions]) -> EditParams:
+        """Validate an edit, its sources and options, filling the model from the connection; before any call."""
+        unknown = sorted(set(options) - set(EditOptions.__annotations__))
+        if unknown:
+            raise GrokValidationError(
+                f"Unknown edit parameter {', '.join(unknown)}: the parameters are "
+                f"{', '.join(EditOptions.__annotations__)}."
+            )
+        rest: dict[str, Any] = {name: value for name, value in options.items() if name != "model"}
+        model = options.get("model")
+        return protocol.build_edit_params(
+            prompt,
+            images,
+            model=self.settings.model if model is None else model,
+            max_bytes=self.max_image_bytes,
+            **rest,
+        )
+
+    def _generation_call(self, body: dict[str, Any], path: str = protocol.GENERATIONS_PATH) -> GenerationCall:
         return GenerationCall(
-            self.settings, self.retry_policy, body, rng=random.random, max_response_bytes=self.max_response_bytes
+            self.settings,
+            self.retry_policy,
+            body,
+            rng=random.random,
+            max_response_bytes=self.max_response_bytes,
+            path=path,
         )
 
     def _next_step(
@@ -154,7 +192,7 @@ class GrokHookBase(BaseHook):
             self.log.warning("%s%s", _LOG_LABEL.get(), step.message)
         return step
 
-    def _finish(self, params: GenerationParams, result: ImageGenerationResult) -> ImageGenerationResult:
+    def _finish(self, params: GenerationParams | EditParams, result: ImageGenerationResult) -> ImageGenerationResult:
         """Log what the answer means (the protocol decides; an answer without any image raises)."""
         notes = protocol.settle_result(result, params.n, params.model)
         for note in notes[:-1]:
@@ -164,7 +202,7 @@ class GrokHookBase(BaseHook):
 
     @staticmethod
     def _merge_chunks(
-        params: GenerationParams, outcomes: list[ImageGenerationResult | BaseException]
+        params: GenerationParams | EditParams, outcomes: list[ImageGenerationResult | BaseException]
     ) -> ImageGenerationResult:
         """Join split requests; if one failed, raise its error carrying what the others produced."""
         done = [o for o in outcomes if isinstance(o, ImageGenerationResult)]
@@ -255,23 +293,41 @@ class GrokHook(GrokHookBase):
         """
         return self.generate(self.build_params(prompt, **options))
 
-    def generate(self, params: GenerationParams) -> ImageGenerationResult:
-        """Run an already validated :class:`GenerationParams` (see :meth:`generate_images`)."""
+    def generate(self, params: GenerationParams | EditParams) -> ImageGenerationResult:
+        """Run an already validated generation (or edit, see :meth:`edit_images`), split by 10."""
+        path = protocol.EDITS_PATH if isinstance(params, EditParams) else protocol.GENERATIONS_PATH
         bodies = params.request_bodies()
         if len(bodies) == 1:
-            return self._finish(params, self._post_generation(bodies[0]))
+            return self._finish(params, self._post(bodies[0], path))
         self.log.info("Splitting n=%d into %d concurrent requests of at most 10.", params.n, len(bodies))
         with ThreadPoolExecutor(len(bodies), thread_name_prefix="grok-split") as pool:
             # Each thread runs in a copy of this context, so its log lines keep the caller's label.
-            futures = [pool.submit(contextvars.copy_context().run, self._post_generation, body) for body in bodies]
+            futures = [pool.submit(contextvars.copy_context().run, self._post, body, path) for body in bodies]
             outcomes: list[ImageGenerationResult | BaseException] = []
             for future in futures:
                 error = future.exception()
                 outcomes.append(error if error is not None else future.result())
         return self._finish(params, self._merge_chunks(params, outcomes))
 
-    def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
-        result: ImageGenerationResult = self._drive(self.session, self._generation_call(body), throttled=True)
+    def edit_images(self, prompt: str, images: Sequence[Any], **options: Unpack[EditOptions]) -> ImageGenerationResult:
+        """
+        Edit images with xAI's JSON ``POST /v1/images/edits`` (the openai SDK's multipart ``images.edit()``
+        is refused by xAI): restyle, combine or localise ``images`` as ``prompt`` says.
+
+        :param prompt: what to do; several sources are named ``<IMAGE_0>``, ``<IMAGE_1>``... in it.
+        :param images: 1 to 3 sources (5 on ``grok-imagine-image-2.0``), each image bytes (sent as a data URI
+            after checking they are a JPEG, PNG or WebP under ``max_image_bytes``), an http(s) URL or a
+            ``data:image/...`` URI (sent as given), or ``{"file_id": "..."}`` from xAI's Files API.
+        :param model, n, response_format, resolution, quality, user, extra_body: as for
+            :meth:`generate_images`.
+        :param aspect_ratio: only with several sources (one source keeps its own ratio).
+        :raises GrokValidationError: before any request: no source, too many, a source that is not an image,
+            ``aspect_ratio`` with one source, a prompt naming a source that is not there.
+        """
+        return self.generate(self.build_edit_params(prompt, images, **options))
+
+    def _post(self, body: dict[str, Any], path: str) -> ImageGenerationResult:
+        result: ImageGenerationResult = self._drive(self.session, self._generation_call(body, path), throttled=True)
         return result
 
     # --- images ---
@@ -410,14 +466,22 @@ class GrokAsyncHook(GrokHookBase):
         await self.load_settings()
         return await self.generate(self.build_params(prompt, **options))
 
-    async def generate(self, params: GenerationParams) -> ImageGenerationResult:
+    async def generate(self, params: GenerationParams | EditParams) -> ImageGenerationResult:
         await self.load_settings()
+        path = protocol.EDITS_PATH if isinstance(params, EditParams) else protocol.GENERATIONS_PATH
         bodies = params.request_bodies()
         if len(bodies) == 1:
-            return self._finish(params, await self._post_generation(bodies[0]))
-        outcomes = await asyncio.gather(*(self._post_generation(body) for body in bodies), return_exceptions=True)
+            return self._finish(params, await self._post(bodies[0], path))
+        outcomes = await asyncio.gather(*(self._post(body, path) for body in bodies), return_exceptions=True)
         return self._finish(params, self._merge_chunks(params, list(outcomes)))
 
-    async def _post_generation(self, body: dict[str, Any]) -> ImageGenerationResult:
-        result: ImageGenerationResult = await self._drive(self._generation_call(body))
+    async def edit_images(
+        self, prompt: str, images: Sequence[Any], **options: Unpack[EditOptions]
+    ) -> ImageGenerationResult:
+        """Async :meth:`GrokHook.edit_images`: same sources, same validation, same result."""
+        await self.load_settings()
+        return await self.generate(self.build_edit_params(prompt, images, **options))
+
+    async def _post(self, body: dict[str, Any], path: str) -> ImageGenerationResult:
+        result: ImageGenerationResult = await self._drive(self._generation_call(body, path))
         return result

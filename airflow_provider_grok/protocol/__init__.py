@@ -10,6 +10,7 @@ which the sync hook, the async hook and image downloads all drive. The transport
 from __future__ import annotations
 
 from airflow_provider_grok.protocol._text import header, redact, request_id_from_headers
+from airflow_provider_grok.protocol.edits import EDITS_PATH, EditParams, build_edit_params, edit_source
 from airflow_provider_grok.protocol.errors import (
     BATCH_FATAL_ERRORS,
     connection_test_outcome,
@@ -88,6 +89,7 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_READ_TIMEOUT",
+    "EDITS_PATH",
     "EXPIRED_URL_STATUSES",
     "GENERATIONS_PATH",
     "GENERATION_OPTIONS",
@@ -106,6 +108,7 @@ __all__ = [
     "ConnectionSettings",
     "Done",
     "Download",
+    "EditParams",
     "GeneratedImage",
     "GenerationCall",
     "GenerationOptions",
@@ -116,9 +119,11 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Send",
+    "build_edit_params",
     "check_download_url",
     "connection_test_outcome",
     "decode_b64_image",
+    "edit_source",
     "endpoint_url",
     "error_class",
     "error_from_response",

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from airflow_provider_grok.exceptions import (
+    GrokError,
     GrokImageDownloadError,
     GrokNotFoundError,
     GrokResponseError,
     GrokTransportError,
 )
 from airflow_provider_grok.protocol._text import header, redact, request_id_from_headers
+from airflow_provider_grok.protocol.edits import EDITS_PATH
 from airflow_provider_grok.protocol.errors import error_from_response
 from airflow_provider_grok.protocol.images import (
     ImageType,
@@ -157,15 +159,18 @@ class ApiCall(_Attempts):
             )
         delay = self._delay(status=status, headers=headers, now=now)
         if delay is None:
-            raise error_from_response(
-                status,
-                body.decode("utf-8", "replace"),
-                content_type=header(headers, "content-type"),
-                request_id=request_id_from_headers(headers, self.secret),
-                secret=self.secret,
-                attempts=self.attempts,
-            )
+            raise self.final_error(status, headers, body)
         return self._retry(delay, f"HTTP {status}")
+
+    def final_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GrokError:
+        return error_from_response(
+            status,
+            body.decode("utf-8", "replace"),
+            content_type=header(headers, "content-type"),
+            request_id=request_id_from_headers(headers, self.secret),
+            secret=self.secret,
+            attempts=self.attempts,
+        )
 
     def answer(self, headers: Mapping[str, str], body: bytes) -> Any:
         return headers, body
@@ -189,7 +194,10 @@ class ApiCall(_Attempts):
 
 
 class GenerationCall(ApiCall):
-    """``POST /v1/images/generations`` for one body of at most 10 images: :class:`Done` with its result."""
+    """
+    ``POST /v1/images/generations`` (or ``/v1/images/edits``: same answer) for one body of at most 10 images:
+    :class:`Done` with its result.
+    """
 
     def __init__(
         self,
@@ -199,10 +207,23 @@ class GenerationCall(ApiCall):
         *,
         rng: Callable[[], float],
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        path: str = GENERATIONS_PATH,
     ) -> None:
-        super().__init__(
-            settings, policy, "POST", GENERATIONS_PATH, body, rng=rng, max_response_bytes=max_response_bytes
-        )
+        super().__init__(settings, policy, "POST", path, body, rng=rng, max_response_bytes=max_response_bytes)
+        self.path = path
+
+    def final_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GrokError:
+        error = super().final_error(status, headers, body)
+        if self.path == EDITS_PATH and status in (404, 415, 422):
+            # OpenAI-style gateways take multipart edits, or none: xAI's JSON form may be unknown to them.
+            error = type(error)(
+                f"{error.message} The gateway may not support xAI's JSON image edits (POST /v1/images/edits "
+                "with image URLs or data URIs); use xAI directly or a gateway that forwards edits.",
+                status=error.status,
+                server_message=error.server_message,
+                request_id=error.request_id,
+            )
+        return error
 
     def answer(self, headers: Mapping[str, str], body: bytes) -> ImageGenerationResult:
         """Read a 2xx answer (a body that is not JSON becomes a readable, redacted GrokResponseError)."""

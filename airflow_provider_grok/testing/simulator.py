@@ -81,10 +81,14 @@ class RecordedCall:
     @property
     def billed_ticks(self) -> int:
         """What the simulated gateway charged: every image asked for in an answered generation."""
-        if self.status != 200 or not self.path.endswith("/images/generations") or not isinstance(self.body, dict):
+        if self.status != 200 or not isinstance(self.body, dict):
             return 0
         n = self.body.get("n", 1)
-        return TICKS_PER_IMAGE * n if isinstance(n, int) else 0
+        if not isinstance(n, int):
+            return 0
+        if self.path.endswith("/images/edits"):  # billed for input and output images
+            return TICKS_PER_IMAGE * (n + len(self.body.get("images") or [self.body.get("image")]))
+        return TICKS_PER_IMAGE * n if self.path.endswith("/images/generations") else 0
 
     def to_json(self) -> dict[str, Any]:
         """The call as the control API shows it (no Authorization header)."""
@@ -159,7 +163,9 @@ class GrokSimulator:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._download_faults: list[_Fault] = []
-        self._issued: dict[str, tuple[int, int, str, str, int]] = {}
+        # token -> what to serve: a render key (width, height, format, label, look) or an edit's bytes
+        self._issued: dict[str, tuple[int, int, str, str, int] | bytes] = {}
+        self.edits: list[dict[str, Any]] = []  # what each edit received: prompt, sources (sha256, size)
         self._in_flight = 0
         self._ids = itertools.count(1)
         # Per-prompt call counters make image bytes depend only on (prompt, call, image), not on request
@@ -438,7 +444,29 @@ class GrokSimulator:
             payload["usage"] = {"cost_in_usd_ticks": TICKS_PER_IMAGE * n}  # moderation is still billed
         return payload
 
-    def issued_image(self, token: str) -> tuple[int, int, str, str, int] | None:
+    def edit(self, body: dict[str, Any], request_id: str, sources: list[bytes]) -> dict[str, Any]:
+        """An edit's answer: the first source re-tinted per output, billed for inputs and outputs."""
+        from airflow_provider_grok.testing.edits import describe, retint
+
+        with self._lock:
+            self.edits.append({"request_id": request_id, "prompt": body["prompt"], "sources": describe(sources)})
+        items = [self._item(body, retint(sources[0], i, self.image_format)) for i in range(body.get("n", 1))]
+        payload: dict[str, Any] = {"created": int(time.time()), "data": items}
+        if self.dialect == "xai":
+            payload["usage"] = {"cost_in_usd_ticks": TICKS_PER_IMAGE * (len(items) + len(sources))}
+        return payload
+
+    def _item(self, body: dict[str, Any], data: bytes) -> dict[str, Any]:
+        mime = FORMATS[self.image_format]
+        if body.get("response_format", "url") == "b64_json":
+            return {"b64_json": base64.b64encode(data).decode(), "mime_type": mime}
+        token = hashlib.sha256(data + str(time.time_ns()).encode()).hexdigest()[:24]
+        with self._lock:
+            self._issued[token] = data
+        ext = "jpg" if self.image_format == "jpeg" else "png"
+        return {"url": f"{self.image_base_url}/images/{token}.{ext}", "mime_type": mime}
+
+    def issued_image(self, token: str) -> tuple[int, int, str, str, int] | bytes | None:
         with self._lock:
             return self._issued.get(token)
 
@@ -507,6 +535,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(*refusal, request_id=request_id)
             models = [{"id": m, "object": "model", "owned_by": "xai"} for m in MODELS[sim.dialect]]
             return self._json(200, {"object": "list", "data": models}, request_id=request_id)
+        if method == "POST" and path == "/v1/images/edits":
+            return self._edit(body, headers, request_id)
         if method != "POST" or path != "/v1/images/generations":
             return self._json(404, sim.error_body(404, f"No route for {method} {path}"), request_id=request_id)
         if refusal := sim.check_key(headers) or sim.validate(body):
@@ -526,6 +556,28 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with sim._lock:
                 sim._in_flight -= 1
+
+    def _edit(self, body: Any, headers: dict[str, str], request_id: str) -> int:
+        from airflow_provider_grok.testing.edits import EditRefused, read_sources
+
+        sim = self.sim
+        if refusal := sim.check_key(headers):
+            return self._json(*refusal, request_id=request_id)
+        if sim.dialect == "openai":  # OpenAI-style gateways take multipart edits, not xAI's JSON
+            message = "Unsupported Media Type: image edits expect multipart/form-data."
+            return self._json(415, sim.error_body(415, message), request_id=request_id)
+        if not isinstance(body, dict):
+            return self._json(400, sim.error_body(400, "Request body must be a JSON object."), request_id=request_id)
+        plain = {k: v for k, v in body.items() if k not in ("image", "images")}
+        if refusal := sim.validate(plain):
+            return self._json(*refusal, request_id=request_id)
+        try:
+            sources = read_sources(body)
+        except EditRefused as err:
+            return self._json(400, sim.error_body(400, str(err)), request_id=request_id)
+        if sim.latency:
+            time.sleep(sim.latency)
+        return self._json(200, sim.edit(body, request_id, sources), request_id=request_id)
 
     def _generate(self, body: dict[str, Any], request_id: str) -> int | None:
         sim = self.sim
@@ -625,8 +677,11 @@ class _Handler(BaseHTTPRequestHandler):
         if issued is None:
             expired = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
             return self._send(403, expired, "application/xml")
-        width, height, fmt, label, look = issued
-        data = unique_image(width, height, fmt, label, look)
+        if isinstance(issued, bytes):
+            data, fmt = issued, sim.image_format
+        else:
+            width, height, fmt, label, look = issued
+            data = unique_image(width, height, fmt, label, look)
         if fault and fault.kind == "drip":
             return self._drip(data, FORMATS[fmt], fault.params.get("interval", 0.5))
         if fault and fault.kind == "truncate":
