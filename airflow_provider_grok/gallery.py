@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,3 +62,38 @@ def render_gallery(manifests: Iterable[Mapping[str, Any]], *, base_prefix: str, 
                 )
     summary = f"{count} images" + (f", ${cost:.2f}" if cost else "")
     return _PAGE.format(title=html.escape(title), summary=summary, figures="\n".join(figures))
+
+
+_PAIR = """<figure><div class="pair"><a href="{before}"><img src="{before}" alt="before" loading="lazy"></a>
+<a href="{after}"><img src="{after}" alt="{alt}" loading="lazy"></a></div><figcaption>
+<div class="prompt">{prompt}</div><div class="meta">{before_uri} &rarr; {after_uri}</div></figcaption></figure>"""
+
+
+def render_before_after(manifests: Iterable[Mapping[str, Any]], *, base_prefix: str, title: str) -> str:
+    """
+    One page showing each edit's first source beside each of its results, from GrokEditImagesOperator
+    manifests. Links are relative to ``base_prefix`` where they live under it, absolute s3:// otherwise.
+    """
+
+    def href(uri: str) -> str:
+        if not uri.startswith("s3://"):
+            return uri
+        return posixpath.relpath(uri.split("/", 3)[3], base_prefix.rstrip("/"))  # the page sits in base_prefix
+
+    figures = []
+    for manifest in manifests:
+        for record in manifest.get("prompts", []):
+            sources = record.get("sources") or [{"uri": ""}]
+            for image in record.get("images", []):
+                figures.append(
+                    _PAIR.format(
+                        before=html.escape(href(sources[0]["uri"])),
+                        after=html.escape(href(image["s3_uri"])),
+                        alt=html.escape(image["prompt"]),
+                        prompt=html.escape(image["prompt"]),
+                        before_uri=html.escape(sources[0]["uri"]),
+                        after_uri=html.escape(image["s3_uri"]),
+                    )
+                )
+    page = _PAGE.format(title=html.escape(title), summary=f"{len(figures)} edits", figures="\n".join(figures))
+    return page.replace("</style>", ".pair { display: grid; grid-template-columns: 1fr 1fr; }\n</style>")

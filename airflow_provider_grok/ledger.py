@@ -37,7 +37,13 @@ from airflow_provider_grok.manifest import (
     plan_key,
     receipt_key,
 )
-from airflow_provider_grok.protocol import GeneratedImage, GenerationParams, ImageBytes, ImageGenerationResult
+from airflow_provider_grok.protocol import (
+    EditParams,
+    GeneratedImage,
+    GenerationParams,
+    ImageBytes,
+    ImageGenerationResult,
+)
 from airflow_provider_grok.storage import S3ImageStore
 
 
@@ -169,8 +175,8 @@ class RequestLedger:
         self._write(request)
 
 
-def job_from_json(data: Mapping[str, Any]) -> tuple[Job, GenerationParams]:
-    """Rebuild a job and its parameters from a stored plan."""
+def job_from_json(data: Mapping[str, Any]) -> tuple[Job, GenerationParams | EditParams]:
+    """Rebuild a job and its parameters (a generation's, or an edit's: those have sources) from a stored plan."""
     job = Job(
         str(data["id"]),
         int(data["prompt_index"]),
@@ -178,10 +184,14 @@ def job_from_json(data: Mapping[str, Any]) -> tuple[Job, GenerationParams]:
         int(data["count"]),
         str(data["fingerprint"]),
     )
-    return job, replace(GenerationParams(**data["params"]), n=job.count)
+    stored = dict(data["params"])
+    if "sources" in stored:
+        stored["sources"] = tuple(stored["sources"])
+        return job, replace(EditParams(**stored), n=job.count)
+    return job, replace(GenerationParams(**stored), n=job.count)
 
 
-def write_plan(store: S3ImageStore, execution: str, jobs: Iterable[tuple[Job, GenerationParams]]) -> str:
+def write_plan(store: S3ImageStore, execution: str, jobs: Iterable[tuple[Job, GenerationParams | EditParams]]) -> str:
     """
     Store the requests a trigger is to send and return the object's key. The trigger's kwargs (kept in the
     metadata DB) then name one key, whatever the batch size, and a restarted trigger reads the same plan.
@@ -191,7 +201,7 @@ def write_plan(store: S3ImageStore, execution: str, jobs: Iterable[tuple[Job, Ge
     return key
 
 
-def read_plan(store: S3ImageStore, key: str) -> list[tuple[Job, GenerationParams]]:
+def read_plan(store: S3ImageStore, key: str) -> list[tuple[Job, GenerationParams | EditParams]]:
     """The plan :func:`write_plan` stored; a missing plan is a :class:`GrokStorageError`."""
     plan = store.read_json(key)
     if plan is None:

@@ -247,6 +247,7 @@ class PromptRecord:
     error: str | None = None
     not_stored: list[dict[str, Any]] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # an edit's sources: uri, sha256, size
 
     @property
     def missing(self) -> int:

@@ -201,3 +201,16 @@ class S3ImageStore:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except (ClientError, BotoCoreError):
                 return
+
+    def read_object(self, bucket: str, key: str, limit: int) -> bytes:
+        """Another object's bytes (an edit's source), refused past ``limit`` bytes."""
+        try:
+            answer = self.client.get_object(Bucket=bucket, Key=key)
+            if answer.get("ContentLength", 0) > limit:
+                raise GrokStorageError(f"s3://{bucket}/{key} is larger than the {limit}-byte limit for an image.")
+            return bytes(answer["Body"].read())
+        except (ClientError, BotoCoreError) as err:
+            what = _error_code(err) or type(err).__name__
+            raise GrokStorageError(
+                f"Could not read the source s3://{bucket}/{key}: {what} (the AWS connection needs s3:GetObject on it)."
+            ) from None

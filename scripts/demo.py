@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "demo-output"
 DAG_ID = "example_grok_scheduled_content"
+EDIT_DAG_ID = "example_grok_edit_catalogue"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
@@ -72,8 +73,11 @@ def run(command: list[str], env: dict[str, str], log: Path) -> None:
         raise SystemExit(f"`{' '.join(command[1:])}` failed with exit code {code}. Last lines of {log}:\n{tail}")
 
 
-def download(env: dict[str, str], bucket: str, dag_prefix: str) -> list[dict[str, Any]]:
-    """Copy the newest run's folder under ``dag_prefix`` (the one whose gallery is newest) to ./demo-output/."""
+def download(env: dict[str, str], bucket: str, dag_prefix: str, target_dir: Path, up: int = 0) -> list[dict[str, Any]]:
+    """
+    Copy the folder of the newest gallery under ``dag_prefix`` (``up`` levels above it: a run's whole folder)
+    to ``target_dir``; return the manifests in it.
+    """
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = env.get(
         "AIRFLOW_CONN_AWS_DEFAULT", os.environ.get("AIRFLOW_CONN_AWS_DEFAULT", "")
     )
@@ -88,12 +92,12 @@ def download(env: dict[str, str], bucket: str, dag_prefix: str) -> list[dict[str
     ]
     if not galleries:
         return []
-    prefix = max(galleries, key=lambda item: item["LastModified"])["Key"].removesuffix("/index.html")
+    prefix = max(galleries, key=lambda item: item["LastModified"])["Key"].rsplit("/", 1 + up)[0]
     print(f"Images and gallery of this run: s3://{bucket}/{prefix}/")
     manifests = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for item in page.get("Contents", []):
-            target = OUTPUT / item["Key"].removeprefix(prefix + "/")
+            target = target_dir / item["Key"].removeprefix(prefix + "/")
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, item["Key"], str(target))
             if target.name == "manifest.json":
@@ -133,7 +137,10 @@ def main() -> int:
         print(f"Airflow's own log: {log}")
         run([AIRFLOW, "db", "migrate"], env, log)
         run([AIRFLOW, "dags", "test", DAG_ID, ds], env, log)
-        manifests = download(env, bucket, f"grok/{DAG_ID}")
+        manifests = download(env, bucket, f"grok/{DAG_ID}", OUTPUT)
+        # Image edits: product shots restyled into two styles, with a before/after gallery.
+        run([AIRFLOW, "dags", "test", EDIT_DAG_ID, ds], env, log)
+        edits = download(env, bucket, f"grok/{EDIT_DAG_ID}", OUTPUT / "edits", up=1)
 
     rows = [
         (image["prompt"], image["s3_uri"], image["size_bytes"])
@@ -146,8 +153,11 @@ def main() -> int:
     for prompt, uri, size in rows:
         print(f"{prompt[:60]:<{min(width, 60)}}  {size:>10,}  {uri}")
     gallery = OUTPUT / "index.html"
+    edit_gallery = OUTPUT / "edits" / "restyle" / "index.html"
+    edited = sum(len(r["images"]) for m in edits if m["task_id"] == "restyle" for r in m["prompts"])
     print(f"\n{len(rows)} images in {OUTPUT}/ in {time.monotonic() - started:.0f} s. Open the gallery: {gallery}")
-    return 0 if rows and gallery.exists() else 1
+    print(f"{edited} restyled product shots; before/after gallery: {edit_gallery}")
+    return 0 if rows and gallery.exists() and edited and edit_gallery.exists() else 1
 
 
 if __name__ == "__main__":

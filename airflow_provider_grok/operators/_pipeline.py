@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,25 +49,37 @@ from airflow_provider_grok.manifest import (
     receipt_key,
     settle_status,
 )
-from airflow_provider_grok.protocol import GenerationParams, ImageGenerationResult
+from airflow_provider_grok.protocol import EditParams, GenerationParams, ImageGenerationResult
 from airflow_provider_grok.storage import S3ImageStore
 
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
+
+
+@dataclass
+class RequestPlan:
+    """
+    What a task instance asks for, validated: one request per record (a prompt, or an edit), the parameters
+    as the user set them (for the manifest), and for edits each record's fingerprint and sources.
+    """
+
+    params: Sequence[GenerationParams | EditParams]
+    request: dict[str, Any]
+    fingerprints: Sequence[str] | None = None
+    sources: Sequence[list[dict[str, Any]]] | None = None
 
 
 class GenerationPipeline:
     """
     Turn prompts into stored images for one task instance, reusing what earlier tries stored.
 
-    :param params: one validated request per prompt (``n`` is the images wanted for that prompt).
-    :param request: the request parameters as the user set them, for the manifest and fingerprints.
+    :param plan: one validated request per prompt or edit (``n`` is the images wanted for it), and the
+        request parameters as the user set them, for the manifest and fingerprints.
     """
 
     def __init__(
         self,
         *,
-        params: Sequence[GenerationParams],
-        request: dict[str, Any],
+        plan: RequestPlan,
         hook: GrokHook,
         store: S3ImageStore,
         identity: TaskIdentity,
@@ -74,8 +87,8 @@ class GenerationPipeline:
         allow_partial: bool,
         log: logging.Logger | Any,
     ) -> None:
-        self.params = list(params)
-        self.request = request
+        self.params = list(plan.params)
+        self.request = plan.request
         self.hook = hook
         self.store = store
         self.identity = identity
@@ -83,9 +96,10 @@ class GenerationPipeline:
         self.allow_partial = allow_partial
         self.log = log
         self.ledger = RequestLedger(store, identity, hook.fetch_image, log)
-        self.records = [
-            PromptRecord(i, p.prompt, fingerprint(p.prompt, request), p.n) for i, p in enumerate(self.params)
-        ]
+        prints = plan.fingerprints or [fingerprint(p.prompt, plan.request) for p in self.params]
+        self.records = [PromptRecord(i, p.prompt, prints[i], p.n) for i, p in enumerate(self.params)]
+        for record, sources in zip(self.records, plan.sources or [], strict=False):
+            record.sources = sources
         self.requests: dict[str, RequestRecord] = {}
         self.reused = 0
         self._receipts: set[str] = set()  # receipts and plans folded into the manifest, deleted once it is written
@@ -250,7 +264,7 @@ class GenerationPipeline:
                 start += chunk
         return jobs
 
-    def job_params(self, job: Job) -> GenerationParams:
+    def job_params(self, job: Job) -> GenerationParams | EditParams:
         return self.params[job.prompt_index].with_n(job.count)
 
     # --- generating (sync path) ---

@@ -150,3 +150,23 @@ def test_deferrable_example_runs_through_the_trigger(grok_simulator, demo_bucket
     assert {c.body["response_format"] for c in grok_simulator.generation_calls} == {"b64_json"}
     assert {c.body["resolution"] for c in grok_simulator.generation_calls} == {"2k"}
     assert len([k for k in s3.object_keys(run_prefix(result, "generate") + "/") if k.endswith(".jpg")]) == 4
+
+
+def test_edit_catalogue_restyles_every_shot_and_links_before_and_after(grok_simulator, demo_bucket, dag_runner):
+    import posixpath
+
+    s3 = demo_bucket
+    path = dag_runner.copy(EXAMPLES / "example_grok_edit_catalogue.py")
+    result = dag_runner.run_file(path, "example_grok_edit_catalogue", **NO_LOGICAL_DATE)
+
+    assert result.state == "success"
+    shots = [k for k in s3.object_keys(run_prefix(result, "shots") + "/") if k.endswith(".jpg")]
+    base = run_prefix(result, "restyle")
+    edits = [k for k in s3.object_keys(base + "/") if k.endswith(".jpg")]
+    assert len(shots) == 3 and len(edits) == 6  # two styles of every shot
+    assert len(grok_simulator.edits) == 6
+    page = s3.get(f"{base}/index.html").decode()
+    links = re.findall(r'<img src="([^"]+)"', page)
+    assert len(links) == 12  # each edit: its shot beside the result
+    resolved = {posixpath.normpath(f"{base}/{link}") for link in links}
+    assert resolved == set(shots) | set(edits)  # every link points at a stored object

@@ -15,7 +15,7 @@ HEADER = """
 import datetime
 import pendulum
 from airflow.sdk import DAG, Asset, AssetAlias, Param
-from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
+from airflow_provider_grok.operators.grok import GrokEditImagesOperator, GrokGenerateImagesOperator
 
 with DAG("DAG_ID", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False, {dag_args}) as dag:
 """
