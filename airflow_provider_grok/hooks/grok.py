@@ -135,39 +135,30 @@ class GrokHookBase(BaseHook):
     def rate_limiter(self) -> RateLimiter:
         return RateLimiter(self.settings.requests_per_second)
 
-    def build_params(self, prompt: str, **options: Unpack[GenerationOptions]) -> GenerationParams:
-        """Validate a call, filling the model from the connection; raises before anything is sent."""
-        unknown = sorted(set(options) - set(GenerationOptions.__annotations__))
+    def _options(self, options: Mapping[str, Any], allowed: type, what: str) -> tuple[str, dict[str, Any]]:
+        """Refuse unknown options; the model (only None means the connection's) and the rest."""
+        unknown = sorted(set(options) - set(allowed.__annotations__))
         if unknown:
             raise GrokValidationError(
-                f"Unknown generation parameter {', '.join(unknown)}: the parameters are "
-                f"{', '.join(GenerationOptions.__annotations__)}."
+                f"Unknown {what} parameter {', '.join(unknown)}: the parameters are "
+                f"{', '.join(allowed.__annotations__)}."
             )
-        rest: dict[str, Any] = {name: value for name, value in options.items() if name != "model"}
-        # Only None means "the connection's model": an empty string is a mistake, refused by validation.
         model = options.get("model")
-        params = GenerationParams(prompt=prompt, model=self.settings.model if model is None else model, **rest)
+        # An empty string is a mistake, refused by validation; it is never billed as the default model.
+        return (self.settings.model if model is None else model), {k: v for k, v in options.items() if k != "model"}
+
+    def build_params(self, prompt: str, **options: Unpack[GenerationOptions]) -> GenerationParams:
+        """Validate a call, filling the model from the connection; raises before anything is sent."""
+        model, rest = self._options(options, GenerationOptions, "generation")
+        params = GenerationParams(prompt=prompt, model=model, **rest)
         for warning in protocol.unknown_values(params):
             self.log.warning("%s%s", _LOG_LABEL.get(), warning)
         return params
 
     def build_edit_params(self, prompt: str, images: Sequence[Any], **options: Unpack[EditOptions]) -> EditParams:
         """Validate an edit, its sources and options, filling the model from the connection; before any call."""
-        unknown = sorted(set(options) - set(EditOptions.__annotations__))
-        if unknown:
-            raise GrokValidationError(
-                f"Unknown edit parameter {', '.join(unknown)}: the parameters are "
-                f"{', '.join(EditOptions.__annotations__)}."
-            )
-        rest: dict[str, Any] = {name: value for name, value in options.items() if name != "model"}
-        model = options.get("model")
-        return protocol.build_edit_params(
-            prompt,
-            images,
-            model=self.settings.model if model is None else model,
-            max_bytes=self.max_image_bytes,
-            **rest,
-        )
+        model, rest = self._options(options, EditOptions, "edit")
+        return protocol.build_edit_params(prompt, images, model=model, max_bytes=self.max_image_bytes, **rest)
 
     def _generation_call(self, body: dict[str, Any], path: str = protocol.GENERATIONS_PATH) -> GenerationCall:
         return GenerationCall(

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_grok.protocol._text import DATA_URI, invalid
 from airflow_provider_grok.protocol.images import DEFAULT_MAX_IMAGE_BYTES, sniff_image_type
-from airflow_provider_grok.protocol.params import GenerationParams, split_n
+from airflow_provider_grok.protocol.params import GenerationParams, request_bodies
 
 EDITS_PATH = "images/edits"
 MAX_SOURCES = 3
@@ -100,18 +100,10 @@ class EditParams:
         validate_edit_params(self)
 
     def request_bodies(self) -> list[dict[str, Any]]:
-        base: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
-        for name in EDIT_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                base[name] = value
-        base.update(self.extra_body or {})
-        base["response_format"] = self.response_format
+        """One source goes in ``image``, several in ``images``; split by 10 like a generation."""
         if len(self.sources) == 1:
-            base["image"] = dict(self.sources[0])
-        else:
-            base["images"] = [dict(source) for source in self.sources]
-        return [{**base, "n": chunk} for chunk in split_n(self.n)]
+            return request_bodies(self, EDIT_FIELDS, {"image": dict(self.sources[0])})
+        return request_bodies(self, EDIT_FIELDS, {"images": [dict(source) for source in self.sources]})
 
     def with_n(self, n: int) -> EditParams:
         return replace(self, n=n)

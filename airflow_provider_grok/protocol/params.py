@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
@@ -93,17 +93,23 @@ class GenerationParams:
 
     def request_bodies(self) -> list[dict[str, Any]]:
         """The JSON bodies to POST, one per chunk of at most 10 images, in image order."""
-        base: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
-        for name in OPTIONAL_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                base[name] = value
-        base.update(self.extra_body or {})
-        base["response_format"] = self.response_format
-        return [{**base, "n": chunk} for chunk in split_n(self.n)]
+        return request_bodies(self, OPTIONAL_FIELDS)
 
     def with_n(self, n: int) -> GenerationParams:
         return replace(self, n=n)
+
+
+def request_bodies(p: Any, fields: Iterable[str], sources: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """
+    The JSON bodies of a generation or an edit (``p``): the fields that are set, then ``extra_body``, then
+    what the provider sets itself, one body per chunk of at most 10 images, in image order.
+    """
+    base: dict[str, Any] = {"model": p.model, "prompt": p.prompt}
+    base.update({name: getattr(p, name) for name in fields if getattr(p, name) is not None})
+    base.update(p.extra_body or {})
+    base["response_format"] = p.response_format
+    base.update(sources or {})
+    return [{**base, "n": chunk} for chunk in split_n(p.n)]
 
 
 def split_n(n: int) -> list[int]:
