@@ -450,7 +450,8 @@ class GrokSimulator:
 
         with self._lock:
             self.edits.append({"request_id": request_id, "prompt": body["prompt"], "sources": describe(sources)})
-        items = [self._item(body, retint(sources[0], i, self.image_format)) for i in range(body.get("n", 1))]
+        look = int(hashlib.sha256(body["prompt"].encode()).hexdigest()[:4], 16)  # another prompt, another tint
+        items = [self._item(body, retint(sources[0], look + i, self.image_format)) for i in range(body.get("n", 1))]
         payload: dict[str, Any] = {"created": int(time.time()), "data": items}
         if self.dialect == "xai":
             payload["usage"] = {"cost_in_usd_ticks": TICKS_PER_IMAGE * (len(items) + len(sources))}
