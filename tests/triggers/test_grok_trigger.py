@@ -113,11 +113,13 @@ async def test_a_restarted_trigger_sends_only_what_had_no_answer(make_conn, s3):
     assert len(prompts) <= 6 + 2  # at most the requests in flight at the restart (max_concurrency) repeat
     assert len([k for k in s3.object_keys("trig/") if k.endswith(".jpg")]) == 6
     # A request sent again gets a new id: the abandoned one stays on record, unanswered, not overwritten.
+    # An abandoned request may have been cut off before the gateway saw it (its receipt is written first),
+    # so the gateway saw between 6 and 6 + abandoned POSTs, and every POST it saw has a receipt.
     docs = all_receipts(s3)
-    assert len(docs) == len(prompts)
     assert sorted(d["prompt_index"] for d in docs if d["state"] == "stored") == list(range(6))
     abandoned = [d for d in docs if d["state"] == "sent"]
-    assert len(abandoned) == len(prompts) - 6
+    assert len(docs) == 6 + len(abandoned) and len(abandoned) <= 2
+    assert 6 <= len(prompts) <= len(docs)
     assert all(any(d["id"] == a["id"] + "-r1" for d in docs) for a in abandoned)
 
 
