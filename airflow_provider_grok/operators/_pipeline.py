@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_grok import protocol as api
+from airflow_provider_grok import protocol
 from airflow_provider_grok.exceptions import (
     GrokContentFilteredError,
     GrokError,
@@ -239,12 +239,17 @@ class GenerationPipeline:
         earlier = metadata.get("try-number") != str(self.identity.try_number)
         return metadata.get("fingerprint", ""), image, earlier
 
-    def compact(self) -> None:
-        """Write the manifest with everything folded so far, then delete the receipts it now holds."""
-        self.store.write_manifest(self.manifest("in_progress"))
+    def compact(self, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """
+        Write ``manifest`` (by default: in progress, with everything folded so far), then delete the receipts
+        and plans it now holds. Returns what was written.
+        """
+        manifest = manifest or self.manifest("in_progress")
+        self.store.write_manifest(manifest)
         with self._lock:
             folded, self._receipts = sorted(self._receipts), set()
         self.store.delete(folded)
+        return manifest
 
     # --- planning ---
 
@@ -257,7 +262,7 @@ class GenerationPipeline:
         jobs = []
         for record in self.records:
             start = record.next_image_index()
-            for chunk in api.split_n(record.missing) if record.missing else []:
+            for chunk in protocol.split_n(record.missing) if record.missing else []:
                 self._job_counter += 1
                 job_id = f"t{self.identity.try_number}-{self._execution}-{kind}{self._job_counter:05d}"
                 jobs.append(Job(job_id, record.prompt_index, start, chunk, record.fingerprint))
@@ -326,7 +331,7 @@ class GenerationPipeline:
             except GrokError as err:
                 self.ledger.failed(request, err)
                 self._apply(request)
-                if isinstance(err, api.BATCH_FATAL_ERRORS):
+                if isinstance(err, protocol.BATCH_FATAL_ERRORS):
                     self._stop.set()
                 return
             self.ledger.answered(request, result, params.model)
@@ -423,7 +428,7 @@ class GenerationPipeline:
             },
             "cost_usd": cost["usd"],
             "cost": cost,
-            "usage": api.sum_usage(usages) if usages else None,
+            "usage": protocol.sum_usage(usages) if usages else None,
             "prompts": records,
             "requests": request_json,
         }
@@ -434,11 +439,7 @@ class GenerationPipeline:
             settle_status(record, allow_partial=self.allow_partial)
         statuses = {r.status for r in self.records}
         status = "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
-        manifest = self.manifest(status)
-        self.store.write_manifest(manifest)
-        with self._lock:
-            folded, self._receipts = sorted(self._receipts), set()
-        self.store.delete(folded)
+        manifest = self.compact(self.manifest(status))
         images = sorted((i for r in self.records for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
         cost = manifest["cost"]
         self.log.info(

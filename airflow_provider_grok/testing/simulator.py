@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from airflow_provider_grok import protocol as api
+from airflow_provider_grok import protocol
 from airflow_provider_grok.testing.images import FORMATS, PALETTE, image_dimensions, unique_image
 
 Dialect = Literal["xai", "openai"]
@@ -41,7 +41,7 @@ MODELS = {
 }
 # Optional fields each dialect accepts; anything else is refused the way that gateway refuses it.
 DIALECT_FIELDS = {
-    dialect: {name for name, dialects in api.OPTIONAL_FIELDS.items() if dialect in dialects} for dialect in MODELS
+    dialect: {name for name, dialects in protocol.OPTIONAL_FIELDS.items() if dialect in dialects} for dialect in MODELS
 }
 CORE = {"prompt", "model", "n", "response_format"}
 API_MISBEHAVIOURS = ("drip", "echo_key", "extra_images", "placeholders", "no_image", "redirect")
@@ -314,7 +314,7 @@ class GrokSimulator:
             "requests_billed": len(billed),
             "images_billed": ticks // TICKS_PER_IMAGE,
             "cost_in_usd_ticks": ticks,
-            "cost_usd": ticks / api.USD_TICKS,
+            "cost_usd": ticks / protocol.USD_TICKS,
         }
 
     # --- control over HTTP (for other processes: `python -m airflow_provider_grok.testing`) ---
@@ -376,7 +376,7 @@ class GrokSimulator:
         return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
     def check_key(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
-        sent = api.header(headers, "authorization") or ""
+        sent = protocol.header(headers, "authorization") or ""
         if sent == f"Bearer {self.api_key}":
             return None
         shown = sent.removeprefix("Bearer ")
@@ -398,13 +398,13 @@ class GrokSimulator:
         if body.get("model") not in MODELS[self.dialect]:
             return 404, self.error_body(404, f"The model {body.get('model')!r} does not exist.", "model")
         n = body.get("n", 1)
-        if not isinstance(n, int) or not 1 <= n <= api.MAX_IMAGES_PER_REQUEST:
+        if not isinstance(n, int) or not 1 <= n <= protocol.MAX_IMAGES_PER_REQUEST:
             return 400, self.error_body(400, f"n must be between 1 and 10, got {n!r}", "n")
         checks = {
-            "response_format": api.RESPONSE_FORMATS,
-            "aspect_ratio": api.ASPECT_RATIOS,
-            "resolution": api.RESOLUTIONS,
-            "size": api.SIZES,
+            "response_format": protocol.RESPONSE_FORMATS,
+            "aspect_ratio": protocol.ASPECT_RATIOS,
+            "resolution": protocol.RESOLUTIONS,
+            "size": protocol.SIZES,
             "quality": ("low", "medium", "auto") if self.dialect == "xai" else ("standard", "hd"),
         }
         for name, allowed in checks.items():

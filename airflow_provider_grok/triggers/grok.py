@@ -213,7 +213,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         return todo
 
     async def _run(self) -> GenerationEvent:
-        from airflow_provider_grok import protocol as api
+        from airflow_provider_grok import protocol
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
 
         hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
@@ -245,7 +245,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                         return True
                     except GrokError as err:
                         await asyncio.to_thread(ledger.failed, request, err)
-                        if isinstance(err, api.BATCH_FATAL_ERRORS):
+                        if isinstance(err, protocol.BATCH_FATAL_ERRORS):
                             fatal.append(err)
                         return True
                     await asyncio.to_thread(ledger.answered, request, result, params.model)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from airflow_provider_grok import protocol as api
+from airflow_provider_grok import protocol
 from airflow_provider_grok.exceptions import (
     GrokAuthError,
     GrokBadRequestError,
@@ -61,7 +61,7 @@ def test_every_base_url_form_and_format_in_both_dialects(sim, make_conn, base_su
     for image in result.images:
         assert (image.url is not None) == (response_format == "url")
         data = hook.fetch_image(image)
-        assert api.sniff_image_type(data).mime_type == "image/jpeg"
+        assert protocol.sniff_image_type(data).mime_type == "image/jpeg"
     if sim.dialect == "openai":
         assert result.images[0].revised_prompt.endswith("a lighthouse at dawn")
         assert result.usage is None

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from airflow_provider_grok import protocol as api
+from airflow_provider_grok import protocol
 from airflow_provider_grok.exceptions import (
     GrokAuthError,
     GrokBadRequestError,
@@ -122,7 +122,7 @@ def test_huge_values_are_shortened_in_messages():
 def test_every_documented_value_is_accepted_without_a_warning(name, value):
     p = params(**{name: value})
     assert p.request_bodies()[0][name] == value
-    assert api.unknown_values(p) == []
+    assert protocol.unknown_values(p) == []
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_every_documented_value_is_accepted_without_a_warning(name, value):
 def test_a_well_formed_unknown_value_is_sent_with_a_warning(name, value):
     p = params(**{name: value})
     assert p.request_bodies()[0][name] == value  # xAI adds values every few months: do not refuse them
-    (warning,) = api.unknown_values(p)
+    (warning,) = protocol.unknown_values(p)
     assert warning.startswith(f"{name}={value!r} is not a value this provider knows")
 
 
@@ -177,7 +177,7 @@ def test_body_carries_only_fields_the_user_set(kwargs, expected):
     [(1, [1]), (9, [9]), (10, [10]), (11, [10, 1]), (20, [10, 10]), (25, [10, 10, 5]), (100, [10] * 10)],
 )
 def test_split_n(n, chunks):
-    assert api.split_n(n) == chunks
+    assert protocol.split_n(n) == chunks
     assert [b["n"] for b in params(n=n).request_bodies()] == chunks
 
 
@@ -201,24 +201,24 @@ def test_split_n(n, chunks):
     ],
 )
 def test_base_url_forms_reach_the_endpoint(base, expected):
-    assert api.endpoint_url(base, api.GENERATIONS_PATH) == expected
+    assert protocol.endpoint_url(base, protocol.GENERATIONS_PATH) == expected
 
 
 @pytest.mark.parametrize("base", ["api.x.ai", "ftp://h", "https://", "file:///etc/passwd", ""])
 def test_invalid_base_urls_are_refused(base):
     with pytest.raises(GrokValidationError, match="base URL"):
-        api.endpoint_url(base, api.GENERATIONS_PATH)
+        protocol.endpoint_url(base, protocol.GENERATIONS_PATH)
 
 
 # --- connection settings ---
 
 
 def test_settings_defaults_and_scheme():
-    settings, unknown = api.settings_from_connection("api.x.ai", "k" * 10, None)
+    settings, unknown = protocol.settings_from_connection("api.x.ai", "k" * 10, None)
     assert settings.base_url == "https://api.x.ai"
-    assert settings.model == api.DEFAULT_MODEL
-    assert settings.timeout == api.DEFAULT_READ_TIMEOUT >= 120
-    assert settings.max_retries == api.DEFAULT_MAX_RETRIES
+    assert settings.model == protocol.DEFAULT_MODEL
+    assert settings.timeout == protocol.DEFAULT_READ_TIMEOUT >= 120
+    assert settings.max_retries == protocol.DEFAULT_MAX_RETRIES
     assert settings.requests_per_second is None
     assert unknown == []
     assert "k" * 10 not in repr(settings)
@@ -233,7 +233,7 @@ def test_settings_parse_string_extras_from_the_ui():
         "extra_headers": '{"X-Org": "acme"}',
         "extra__grok__max_retries": None,
     }
-    settings, unknown = api.settings_from_connection("https://gw/v1", "key-123", extra)
+    settings, unknown = protocol.settings_from_connection("https://gw/v1", "key-123", extra)
     assert (settings.model, settings.timeout, settings.max_retries) == ("grok-imagine", 600, 5)
     assert settings.requests_per_second == 2.5
     assert settings.api_headers()["X-Org"] == "acme"
@@ -242,7 +242,9 @@ def test_settings_parse_string_extras_from_the_ui():
 
 
 def test_settings_accept_prefixed_extras_and_report_unknown_ones():
-    settings, unknown = api.settings_from_connection("https://h", "key", {"extra__grok__model": "x", "max_retry": 9})
+    settings, unknown = protocol.settings_from_connection(
+        "https://h", "key", {"extra__grok__model": "x", "max_retry": 9}
+    )
     assert settings.model == "x"
     assert unknown == ["max_retry"]
 
@@ -269,7 +271,7 @@ def test_settings_accept_prefixed_extras_and_report_unknown_ones():
 )
 def test_bad_connections_are_refused_clearly(host, password, extra, match):
     with pytest.raises(GrokValidationError, match=match):
-        api.settings_from_connection(host, password, extra)
+        protocol.settings_from_connection(host, password, extra)
 
 
 # --- responses ---
@@ -282,31 +284,31 @@ def b64(data: bytes) -> str:
 def test_moderated_placeholders_are_filtered_not_images_and_extra_images_are_dropped():
     placeholder = {"url": "https://img/placeholder.jpg", "respect_moderation": False}
     payload = {"data": [{"url": "https://img/1.jpg", "respect_moderation": True}, placeholder, placeholder]}
-    result = api.parse_generation_response(payload, requested=3)
+    result = protocol.parse_generation_response(payload, requested=3)
     assert [i.url for i in result.images] == ["https://img/1.jpg"] and result.filtered_count == 2
     too_many = {"data": [{"url": f"https://img/{i}.jpg"} for i in range(12)]}
-    result = api.parse_generation_response(too_many, requested=10)
+    result = protocol.parse_generation_response(too_many, requested=10)
     assert len(result.images) == 10 and result.extra_returned == 2 and result.filtered_count == 0
 
 
 def test_a_200_that_is_not_a_generation_answer_is_redacted():
     key = "xai-secret-key-1234567890"
     with pytest.raises(GrokResponseError) as err:
-        api.parse_generation_response({"echo": f"Bearer {key}"}, requested=1, secret=key)
+        protocol.parse_generation_response({"echo": f"Bearer {key}"}, requested=1, secret=key)
     assert key not in str(err.value) and "***" in str(err.value)
-    assert api.request_id_from_headers({"x-request-id": f"id-{key}"}, key) == "id-***"
+    assert protocol.request_id_from_headers({"x-request-id": f"id-{key}"}, key) == "id-***"
 
 
 @pytest.mark.parametrize("headers", [{"Retry-After": "NaN"}, {"retry-after-ms": "NaN"}, {"Retry-After": "inf"}])
 def test_a_retry_after_that_is_not_a_finite_number_is_ignored(headers):
-    assert api.retry_after_seconds(headers, now=NOW) is None
-    policy = api.RetryPolicy(max_retries=2, backoff_base=0.5)
+    assert protocol.retry_after_seconds(headers, now=NOW) is None
+    policy = protocol.RetryPolicy(max_retries=2, backoff_base=0.5)
     assert policy.delay(0, status=429, headers=headers, rng=lambda: 0.5, now=NOW) is not None
 
 
 def test_an_inline_image_over_the_cap_is_refused_before_decoding():
     with pytest.raises(GrokImageDownloadError, match="larger than the 100-byte limit"):
-        api.decode_b64_image(b64(PNG * 50), "Image 0", limit=100)
+        protocol.decode_b64_image(b64(PNG * 50), "Image 0", limit=100)
 
 
 def test_parse_url_and_b64_items_with_optional_fields():
@@ -322,7 +324,7 @@ def test_parse_url_and_b64_items_with_optional_fields():
         ],
         "usage": {"cost_in_usd_ticks": 600_000_000},
     }
-    result = api.parse_generation_response(payload, requested=5, request_id="r1")
+    result = protocol.parse_generation_response(payload, requested=5, request_id="r1")
     assert [i.index for i in result.images] == [0, 1, 2]
     first, second, third = result.images
     assert (first.url, first.revised_prompt, first.mime_type) == ("https://img/1.jpg", None, "image/jpeg")
@@ -337,7 +339,7 @@ def test_parse_url_and_b64_items_with_optional_fields():
 @pytest.mark.parametrize("payload", [None, [], "ok", {"images": []}, {"data": "x"}])
 def test_malformed_200_bodies_raise_response_error(payload):
     with pytest.raises(GrokResponseError, match="'data' list"):
-        api.parse_generation_response(payload, requested=1)
+        protocol.parse_generation_response(payload, requested=1)
 
 
 def test_merge_renumbers_in_order_and_sums_usage():
@@ -346,9 +348,9 @@ def test_merge_renumbers_in_order_and_sums_usage():
             "data": [{"url": u} for u in urls],
             "usage": {"cost_in_usd_ticks": ticks, "detail": {"images": len(urls)}},
         }
-        return api.parse_generation_response(data, requested=len(urls), request_id=rid)
+        return protocol.parse_generation_response(data, requested=len(urls), request_id=rid)
 
-    merged = api.merge_results([part(["a", "b"], 2, "r1"), part(["c"], 1, "r2")])
+    merged = protocol.merge_results([part(["a", "b"], 2, "r1"), part(["c"], 1, "r2")])
     assert [(i.index, i.url) for i in merged.images] == [(0, "a"), (1, "b"), (2, "c")]
     assert merged.usage == {"cost_in_usd_ticks": 3, "detail": {"images": 3}}
     assert merged.requested == 3 and merged.request_ids == ["r1", "r2"]
@@ -432,7 +434,7 @@ def test_merge_renumbers_in_order_and_sums_usage():
     ],
 )
 def test_error_bodies_map_to_readable_errors(status, body, ctype, cls, said):
-    err = api.error_from_response(status, body, content_type=ctype, request_id="req-9")
+    err = protocol.error_from_response(status, body, content_type=ctype, request_id="req-9")
     assert type(err) is cls
     assert err.status == status and err.request_id == "req-9"
     assert said in err.server_message
@@ -442,25 +444,25 @@ def test_error_bodies_map_to_readable_errors(status, body, ctype, cls, said):
 
 def test_error_messages_redact_the_key_and_count_attempts():
     key = "xai-SECRET-KEY-1234567890"
-    err = api.error_from_response(500, f"upstream saw Authorization: Bearer {key}", secret=key, attempts=4)
+    err = protocol.error_from_response(500, f"upstream saw Authorization: Bearer {key}", secret=key, attempts=4)
     assert key not in err.message and key not in err.server_message
     assert "***" in err.message and "after 4 attempts" in err.message
 
 
 def test_html_error_is_clipped():
-    err = api.error_from_response(502, "<html><body>" + "x " * 5000 + "</body></html>", content_type="text/html")
+    err = protocol.error_from_response(502, "<html><body>" + "x " * 5000 + "</body></html>", content_type="text/html")
     assert len(err.server_message) <= 300
 
 
 def test_connection_test_outcomes():
-    settings, _ = api.settings_from_connection("https://h", "key-123", {"model": "other"})
-    ok, msg = api.connection_test_outcome(200, json.dumps({"data": [{"id": "a"}, {"id": "b"}]}), None, settings)
+    settings, _ = protocol.settings_from_connection("https://h", "key-123", {"model": "other"})
+    ok, msg = protocol.connection_test_outcome(200, json.dumps({"data": [{"id": "a"}, {"id": "b"}]}), None, settings)
     assert ok and "2 models" in msg and "'other' is not among them" in msg
-    ok, msg = api.connection_test_outcome(401, '{"error": {"message": "bad key key-123"}}', None, settings)
+    ok, msg = protocol.connection_test_outcome(401, '{"error": {"message": "bad key key-123"}}', None, settings)
     assert not ok and "rejected the API key" in msg and "key-123" not in msg
-    ok, msg = api.connection_test_outcome(404, "", None, settings)
+    ok, msg = protocol.connection_test_outcome(404, "", None, settings)
     assert ok and "could not be verified without generating" in msg
-    ok, msg = api.connection_test_outcome(500, "boom", None, settings)
+    ok, msg = protocol.connection_test_outcome(500, "boom", None, settings)
     assert not ok and "HTTP 500" in msg and "boom" in msg
 
 
@@ -514,7 +516,7 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_retry_after_forms(headers, expected):
-    assert api.retry_after_seconds(headers, now=NOW) == expected
+    assert protocol.retry_after_seconds(headers, now=NOW) == expected
 
 
 def test_retry_after_is_honoured_and_capped():
@@ -540,40 +542,40 @@ def test_rate_limiter_spaces_starts():
     [(JPEG, "image/jpeg", "jpg"), (PNG, "image/png", "png"), (WEBP, "image/webp", "webp")],
 )
 def test_sniff_image_types(data, mime, ext):
-    kind = api.sniff_image_type(data)
+    kind = protocol.sniff_image_type(data)
     assert kind is not None and (kind.mime_type, kind.extension) == (mime, ext)
 
 
 @pytest.mark.parametrize("data", [b"", b"GIF89a....", b"<html>", b"RIFF\x00\x00\x00\x00WAVE", b"\xff\xd8"])
 def test_non_images_are_rejected(data):
-    assert api.sniff_image_type(data) is None
+    assert protocol.sniff_image_type(data) is None
     with pytest.raises(GrokImageDownloadError, match="not a JPEG, PNG or WebP"):
-        api.verify_image(data, "Image 0")
+        protocol.verify_image(data, "Image 0")
 
 
 @pytest.mark.parametrize(
     "text", [b64(JPEG), "data:image/jpeg;base64," + b64(JPEG), b64(JPEG)[:8] + "\n" + b64(JPEG)[8:]]
 )
 def test_decode_b64_images(text):
-    assert api.decode_b64_image(text, "Image 0") == JPEG
+    assert protocol.decode_b64_image(text, "Image 0") == JPEG
 
 
 @pytest.mark.parametrize("text", ["not base64!!", b64(b"plain text, not an image")])
 def test_bad_b64_images_are_rejected(text):
     with pytest.raises(GrokImageDownloadError):
-        api.decode_b64_image(text, "Image 0")
+        protocol.decode_b64_image(text, "Image 0")
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/x.jpg", "javascript:alert(1)", "//h/x.jpg"])
 def test_only_http_urls_are_fetched(url):
     with pytest.raises(GrokImageDownloadError, match="not http"):
-        api.check_download_url(url, "Image 0")
+        protocol.check_download_url(url, "Image 0")
 
 
 def test_redact():
-    assert api.redact("key abcd1234 here", "abcd1234") == "key *** here"
-    assert api.redact("nothing", None) == "nothing"
-    assert api.redact("a", "a") == "a"  # too short to be a key; redacting would garble text
+    assert protocol.redact("key abcd1234 here", "abcd1234") == "key *** here"
+    assert protocol.redact("nothing", None) == "nothing"
+    assert protocol.redact("a", "a") == "a"  # too short to be a key; redacting would garble text
 
 
 @pytest.mark.parametrize(
@@ -587,7 +589,7 @@ def test_redact():
     ],
 )
 def test_settings_take_the_port_of_uri_form_connections(host, port, expected):
-    settings, _ = api.settings_from_connection(host, "key", {}, port)
+    settings, _ = protocol.settings_from_connection(host, "key", {}, port)
     assert settings.base_url == expected
 
 
@@ -596,8 +598,8 @@ def test_the_generation_parameters_are_declared_once():
 
     from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
 
-    assert tuple(api.GenerationOptions.__annotations__) == api.GENERATION_OPTIONS
-    assert tuple(f.name for f in fields(api.GenerationParams)) == ("prompt", *api.GENERATION_OPTIONS)
-    assert set(api.GENERATION_OPTIONS) <= set(GrokGenerateImagesOperator.template_fields)
+    assert tuple(protocol.GenerationOptions.__annotations__) == protocol.GENERATION_OPTIONS
+    assert tuple(f.name for f in fields(protocol.GenerationParams)) == ("prompt", *protocol.GENERATION_OPTIONS)
+    assert set(protocol.GENERATION_OPTIONS) <= set(GrokGenerateImagesOperator.template_fields)
     body = params(aspect_ratio="1:1", resolution="1k", quality="low", user="u").request_bodies()[0]
     assert set(body) == {"model", "prompt", "n", "response_format", "aspect_ratio", "resolution", "quality", "user"}
