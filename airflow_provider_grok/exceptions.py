@@ -101,3 +101,28 @@ class GrokIncompleteError(GrokError):
 
 class GrokPrefixInUseError(GrokValidationError):
     """The S3 prefix holds another task instance's images: refused before any request, nothing adopted."""
+
+
+class GrokBudgetExceededError(GrokError):
+    """
+    The task's ``max_cost_usd`` stopped it before a request that could have passed the cap (or the gateway
+    reports no cost, so the cap cannot be enforced). What was stored stays in S3 and in the manifest; a retry
+    with a higher cap generates only what is missing.
+
+    :param cap_usd: the cap; :param spent_usd: what this task instance was billed, all tries together;
+    :param not_generated: the prompt indexes still missing images.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cap_usd: float | None = None,
+        spent_usd: float | None = None,
+        not_generated: list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.cap_usd = cap_usd
+        self.spent_usd = spent_usd
+        self.not_generated = list(not_generated or [])

@@ -70,8 +70,9 @@ def get_provider_info() -> dict[str, Any]:
                     ),
                     "requests_per_second": _field(
                         "Requests per second",
-                        "Client-side cap on generation requests started per second by one task "
-                        "(xAI allows 5/s on grok-imagine-image). Empty or 0 for no cap.",
+                        "Cap on generation requests started per second, spaced evenly: per task, or for "
+                        "the whole deployment when a Redis connection is set below (xAI allows 5/s on "
+                        "grok-imagine-image). Empty or 0 for no cap.",
                         {"type": ["number", "null"], "default": None, "minimum": 0},
                     ),
                     "extra_headers": _field(
@@ -79,6 +80,12 @@ def get_provider_info() -> dict[str, Any]:
                         'Headers added to every API request (never to image downloads), e.g. {"X-Org": "a"}. '
                         "Authorization is not allowed here: the API key goes in the password field.",
                         {"type": ["object", "null"], "default": None, "format": "json"},
+                    ),
+                    "redis_conn_id": _field(
+                        "Redis connection (shared budget)",
+                        "An Airflow redis connection id. When set, requests per second and a 429's pause hold "
+                        "for every worker and triggerer using this gateway and key (needs the [fleet] extra).",
+                        {"type": ["string", "null"], "default": None},
                     ),
                 },
             }

@@ -44,6 +44,7 @@ from airflow_provider_grok.protocol import (
     ImageBytes,
     ImageGenerationResult,
 )
+from airflow_provider_grok.record import CostCap
 from airflow_provider_grok.storage import S3ImageStore
 
 
@@ -191,19 +192,29 @@ def job_from_json(data: Mapping[str, Any]) -> tuple[Job, GenerationParams | Edit
     return job, replace(GenerationParams(**stored), n=job.count)
 
 
-def write_plan(store: S3ImageStore, execution: str, jobs: Iterable[tuple[Job, GenerationParams | EditParams]]) -> str:
+def write_plan(
+    store: S3ImageStore,
+    execution: str,
+    jobs: Iterable[tuple[Job, GenerationParams | EditParams]],
+    cap: CostCap | None = None,
+) -> str:
     """
-    Store the requests a trigger is to send and return the object's key. The trigger's kwargs (kept in the
-    metadata DB) then name one key, whatever the batch size, and a restarted trigger reads the same plan.
+    Store the requests a trigger is to send, and the money cap as the worker folded it, and return the
+    object's key. The trigger's kwargs (kept in the metadata DB) then name one key, whatever the batch size,
+    and a restarted trigger reads the same plan.
     """
     key = plan_key(store.prefix, execution)
-    store.put_json(key, {"jobs": [{**asdict(job), "params": asdict(params)} for job, params in jobs]})
+    plan = {
+        "jobs": [{**asdict(job), "params": asdict(params)} for job, params in jobs],
+        "cap": (cap or CostCap(None)).to_json(),
+    }
+    store.put_json(key, plan)
     return key
 
 
-def read_plan(store: S3ImageStore, key: str) -> list[tuple[Job, GenerationParams | EditParams]]:
+def read_plan(store: S3ImageStore, key: str) -> tuple[list[tuple[Job, GenerationParams | EditParams]], CostCap]:
     """The plan :func:`write_plan` stored; a missing plan is a :class:`GrokStorageError`."""
     plan = store.read_json(key)
     if plan is None:
         raise GrokStorageError(f"The trigger's plan {store.uri(key)} is missing: was the prefix deleted?")
-    return [job_from_json(data) for data in plan["jobs"]]
+    return [job_from_json(data) for data in plan["jobs"]], CostCap.from_json(plan.get("cap"))

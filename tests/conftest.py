@@ -23,7 +23,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from airflow_provider_grok.testing import GrokSimulator  # noqa: E402
-from tests.support import DagRunner, MotoS3  # noqa: E402
+from tests.support import DagRunner, MotoS3, RedisServer  # noqa: E402
 
 pytest_plugins = ["airflow_provider_grok.testing.pytest_plugin"]
 
@@ -41,6 +41,23 @@ def s3(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.connection_json())
     moto_server.new_bucket()
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis server on loopback for the session (with a password, as production ones have)."""
+    with RedisServer(password="redis-secret-6f2a") as server:
+        yield server
+
+
+@pytest.fixture
+def redis_conn(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An Airflow ``redis`` connection to that server (env form), its budget keys flushed; returns its id."""
+    import redis
+
+    redis.Redis(port=redis_server.port, password=redis_server.password).flushall()
+    monkeypatch.setenv("AIRFLOW_CONN_GROK_REDIS", redis_server.connection_json())
+    return "grok_redis"
 
 
 @pytest.fixture(scope="session")

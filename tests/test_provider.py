@@ -42,7 +42,7 @@ def test_connection_form_declaration():
     assert behaviour["relabeling"] == {"host": "Gateway base URL", "password": "API key"}
     assert behaviour["placeholders"]["host"].startswith("https://api.x.ai")
     fields = conn["conn-fields"]
-    assert list(fields) == ["model", "timeout", "max_retries", "requests_per_second", "extra_headers"]
+    assert list(fields) == ["model", "timeout", "max_retries", "requests_per_second", "extra_headers", "redis_conn_id"]
     for name, field in fields.items():
         assert field["label"] and field["description"], name
         assert "type" in field["schema"] and "default" in field["schema"], name

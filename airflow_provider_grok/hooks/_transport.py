@@ -1,13 +1,12 @@
 """
 Moving bytes for the protocol's state machine: one attempt of a :class:`~airflow_provider_grok.protocol.Send`
 over ``requests`` or ``httpx``, within its time limit and size cap, every library fault named as one of the
-protocol's faults. Plus the client-side rate cap, which sleeps, so it belongs to the transports.
+protocol's faults. When a request may start is the rate budget's (``_budget.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Mapping
 
@@ -119,26 +118,3 @@ def pooled_session(size: int) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-class RateLimiter:
-    """
-    A client-side cap on request starts per second, shared by every thread or task using one hook.
-
-    ``reserve()`` books the next free slot and returns how long the caller must sleep before sending;
-    the caller sleeps with its own clock (``time.sleep`` or ``asyncio.sleep``).
-    """
-
-    def __init__(self, requests_per_second: float | None) -> None:
-        self.interval = 1.0 / requests_per_second if requests_per_second else 0.0
-        self._next_start = 0.0
-        self._lock = threading.Lock()  # held for microseconds; safe in an event loop
-
-    def reserve(self, now: float | None = None) -> float:
-        if not self.interval:
-            return 0.0
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            start = max(now, self._next_start)
-            self._next_start = start + self.interval
-        return start - now

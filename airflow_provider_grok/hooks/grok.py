@@ -23,7 +23,8 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_grok import protocol
 from airflow_provider_grok.exceptions import GrokError, GrokValidationError
-from airflow_provider_grok.hooks._transport import RateLimiter, TransportFault, aexchange, exchange, pooled_session
+from airflow_provider_grok.hooks._budget import AsyncRedisBudget, LocalBudget, RedisBudget, redis_target
+from airflow_provider_grok.hooks._transport import TransportFault, aexchange, exchange, pooled_session
 from airflow_provider_grok.protocol import (
     ApiCall,
     ConnectionSettings,
@@ -84,6 +85,8 @@ class GrokHookBase(BaseHook):
     :param max_connections: requests this hook runs at once (the operator's ``max_concurrency``); sizes the
         connection pools. Default: one call's split requests.
     :param max_response_bytes: largest API answer read, bytes (default 256 MiB).
+    :param retry_unanswered: retry a request that got no answer (it may have been billed); the operator turns
+        this off when a task has a ``max_cost_usd``.
     """
 
     conn_name_attr = "grok_conn_id"
@@ -99,9 +102,11 @@ class GrokHookBase(BaseHook):
         retry_backoff: float = 1.0,
         max_connections: int | None = None,
         max_response_bytes: int = protocol.MAX_RESPONSE_BYTES,
+        retry_unanswered: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.retry_unanswered = retry_unanswered
         self.grok_conn_id = grok_conn_id
         self.max_image_bytes = max_image_bytes
         self.max_response_bytes = max_response_bytes
@@ -129,11 +134,11 @@ class GrokHookBase(BaseHook):
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(max_retries=self.settings.max_retries, backoff_base=self.retry_backoff)
-
-    @cached_property
-    def rate_limiter(self) -> RateLimiter:
-        return RateLimiter(self.settings.requests_per_second)
+        return RetryPolicy(
+            max_retries=self.settings.max_retries,
+            backoff_base=self.retry_backoff,
+            retry_unanswered=self.retry_unanswered,
+        )
 
     def _options(self, options: Mapping[str, Any], allowed: type, what: str) -> tuple[str, dict[str, Any]]:
         """Refuse unknown options; the model (only None means the connection's) and the rest."""
@@ -240,6 +245,14 @@ class GrokHook(GrokHookBase):
         """A separate session for image hosts, so no API header can ever reach them."""
         return pooled_session(self.pool_size)
 
+    @cached_property
+    def budget(self) -> LocalBudget | RedisBudget:
+        """When a request may start: this process's limit, or the deployment's (``redis_conn_id``)."""
+        settings = self.settings
+        if settings.redis_conn_id:
+            return RedisBudget(settings, redis_target(settings.redis_conn_id), self.log)
+        return LocalBudget(settings.requests_per_second)
+
     def get_conn(self) -> requests.Session:
         return self.session
 
@@ -253,7 +266,7 @@ class GrokHook(GrokHookBase):
         """The transport loop: send what the machine says, hand it what came back, sleep when it says so."""
         while True:
             send = call.request()
-            if throttled and (wait := self.rate_limiter.reserve()):
+            while throttled and (wait := self.budget.next_start()) > 0:
                 time.sleep(wait)
             try:
                 step = self._next_step(call, exchange(session, send))
@@ -261,6 +274,8 @@ class GrokHook(GrokHookBase):
                 step = self._next_step(call, fault)
             if isinstance(step, Done):
                 return step.value
+            if throttled and step.pause_everyone:
+                self.budget.pause(step.delay)
             time.sleep(step.delay)
 
     # --- generation ---
@@ -398,6 +413,8 @@ class GrokAsyncHook(GrokHookBase):
         super().__init__(grok_conn_id, **kwargs)
         self._settings: ConnectionSettings | None = None
         self._client: httpx.AsyncClient | None = None
+        self._budget: _AsyncLocalBudget | AsyncRedisBudget | None = None
+        self._loading = asyncio.Lock()  # one read of the connection (and one budget) for concurrent callers
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -406,26 +423,44 @@ class GrokAsyncHook(GrokHookBase):
         return self._settings
 
     async def load_settings(self) -> ConnectionSettings:
-        """Read and validate the connection once, without blocking the event loop."""
-        if self._settings is None:
-            # The compat helpers pick what is safe on an event loop for this Airflow version: before 3.3.2,
-            # aget_connection and extra_dejson mask secrets with a blocking call to the supervisor.
-            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-            from airflow.sdk import log as sdk_log
-
-            conn = await get_async_connection(self.grok_conn_id, hook=self)
-            extra = await get_async_extra_dejson(conn)
-            if conn.password:
-                if hasattr(sdk_log, "amask_secret"):  # Airflow 3.3+
-                    await sdk_log.amask_secret(conn.password)
-                else:
-                    sdk_log.mask_secret(conn.password)
-            self._settings = self._settings_from(conn, extra)
+        """Read and validate the connection once, without blocking the event loop (concurrent callers wait)."""
+        async with self._loading:
+            if self._settings is None:
+                self._settings = await self._read_settings()
         return self._settings
 
+    async def _read_settings(self) -> ConnectionSettings:
+        # The compat helpers pick what is safe on an event loop for this Airflow version: before 3.3.2,
+        # aget_connection and extra_dejson mask secrets with a blocking call to the supervisor.
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+        from airflow.sdk import log as sdk_log
+
+        conn = await get_async_connection(self.grok_conn_id, hook=self)
+        extra = await get_async_extra_dejson(conn)
+        if conn.password:
+            if hasattr(sdk_log, "amask_secret"):  # Airflow 3.3+
+                await sdk_log.amask_secret(conn.password)
+            else:
+                sdk_log.mask_secret(conn.password)
+        settings = self._settings_from(conn, extra)
+        if settings.redis_conn_id:
+            # The redis provider's hook reads its connection synchronously: in a thread, off the loop.
+            target = await asyncio.to_thread(redis_target, settings.redis_conn_id)
+            self._budget = AsyncRedisBudget(settings, target, self.log)
+        else:
+            self._budget = _AsyncLocalBudget(LocalBudget(settings.requests_per_second))
+        return settings
+
+    @property
+    def budget(self) -> _AsyncLocalBudget | AsyncRedisBudget:
+        """When a request may start (see :attr:`GrokHook.budget`); set by :meth:`load_settings`."""
+        if self._budget is None:
+            raise RuntimeError("GrokAsyncHook: await load_settings() before reading the budget.")
+        return self._budget
+
     async def client(self) -> httpx.AsyncClient:
+        settings = await self.load_settings()  # before the check: no await between it and the assignment
         if self._client is None:
-            settings = await self.load_settings()
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
                 limits=httpx.Limits(max_connections=self.pool_size, max_keepalive_connections=self.pool_size),
@@ -436,13 +471,15 @@ class GrokAsyncHook(GrokHookBase):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._budget is not None:
+            await self._budget.aclose()
 
     async def _drive(self, call: ApiCall) -> Any:
         """The async transport loop (see :meth:`GrokHook._drive`)."""
         client = await self.client()
         while True:
             send = call.request()
-            if wait := self.rate_limiter.reserve():
+            while (wait := await self.budget.next_start()) > 0:
                 await asyncio.sleep(wait)
             try:
                 step = self._next_step(call, await aexchange(client, send))
@@ -450,6 +487,8 @@ class GrokAsyncHook(GrokHookBase):
                 step = self._next_step(call, fault)
             if isinstance(step, Done):
                 return step.value
+            if step.pause_everyone:
+                await self.budget.pause(step.delay)
             await asyncio.sleep(step.delay)
 
     async def generate_images(self, prompt: str, **options: Unpack[GenerationOptions]) -> ImageGenerationResult:
@@ -476,3 +515,19 @@ class GrokAsyncHook(GrokHookBase):
     async def _post(self, body: dict[str, Any], path: str) -> ImageGenerationResult:
         result: ImageGenerationResult = await self._drive(self._generation_call(body, path))
         return result
+
+
+class _AsyncLocalBudget:
+    """A :class:`LocalBudget` behind the async budget's interface (its calls never block)."""
+
+    def __init__(self, local: LocalBudget) -> None:
+        self.local = local
+
+    async def next_start(self) -> float:
+        return self.local.next_start()
+
+    async def pause(self, seconds: float) -> None:
+        self.local.pause(seconds)
+
+    async def aclose(self) -> None:
+        return None

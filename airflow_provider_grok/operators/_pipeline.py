@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from typing import Any
 
 from airflow_provider_grok import protocol
 from airflow_provider_grok.exceptions import (
+    GrokBudgetExceededError,
     GrokContentFilteredError,
     GrokError,
     GrokIncompleteError,
@@ -50,6 +52,8 @@ from airflow_provider_grok.manifest import (
     settle_status,
 )
 from airflow_provider_grok.protocol import EditParams, GenerationParams, ImageGenerationResult
+from airflow_provider_grok.record import Admission, CostCap
+from airflow_provider_grok.record.cap import WAIT_SECONDS
 from airflow_provider_grok.storage import S3ImageStore
 
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
@@ -74,6 +78,7 @@ class GenerationPipeline:
 
     :param plan: one validated request per prompt or edit (``n`` is the images wanted for it), and the
         request parameters as the user set them, for the manifest and fingerprints.
+    :param max_cost_usd: what this task instance may be billed, all tries together (None: no cap).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class GenerationPipeline:
         max_concurrency: int,
         allow_partial: bool,
         log: logging.Logger | Any,
+        max_cost_usd: float | None = None,
     ) -> None:
         self.params = list(plan.params)
         self.request = plan.request
@@ -101,6 +107,7 @@ class GenerationPipeline:
         for record, sources in zip(self.records, plan.sources or [], strict=False):
             record.sources = sources
         self.requests: dict[str, RequestRecord] = {}
+        self.cap = CostCap(max_cost_usd)
         self.reused = 0
         self._receipts: set[str] = set()  # receipts and plans folded into the manifest, deleted once it is written
         self._job_counter = 0
@@ -131,6 +138,7 @@ class GenerationPipeline:
             known = self.requests.get(request.id)
             self.requests[request.id] = request if known is None else newer(known, request)
         self._fold_attempts()
+        self.cap.fold(self.requests.values())
         if reuse_images:
             self._fold_images(manifest, listing)
         if self.reused:
@@ -258,11 +266,15 @@ class GenerationPipeline:
         The requests still needed: only the images not already stored (or removed by moderation).
 
         ``kind`` tells who sends them (``s`` this worker, ``d`` the trigger): ids read ``t1-3f9a2c-d00007``.
+        Under a money cap whose price is not known yet, the first request asks for one image only.
         """
-        jobs = []
+        jobs: list[Job] = []
         for record in self.records:
             start = record.next_image_index()
-            for chunk in protocol.split_n(record.missing) if record.missing else []:
+            chunks = protocol.split_n(record.missing) if record.missing else []
+            if chunks and chunks[0] > 1 and not jobs and self.cap.needs_probe:
+                chunks = [1, chunks[0] - 1, *chunks[1:]]
+            for chunk in chunks:
                 self._job_counter += 1
                 job_id = f"t{self.identity.try_number}-{self._execution}-{kind}{self._job_counter:05d}"
                 jobs.append(Job(job_id, record.prompt_index, start, chunk, record.fingerprint))
@@ -313,6 +325,9 @@ class GenerationPipeline:
         if self._stop.is_set():
             self._record_error(record, "not attempted: the task was stopped or an earlier error made it pointless")
             return
+        if not self._admitted(job):
+            self._record_error(record, f"not generated: max_cost_usd reached ({self.cap.describe()})")
+            return
         with self._lock:
             self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
         try:
@@ -326,19 +341,41 @@ class GenerationPipeline:
             except GrokContentFilteredError as err:
                 self.log.warning("Prompt %d: %s", job.prompt_index, err.message)
                 self.ledger.filtered(request, err)
+                self._settle(request)
                 self._apply(request)
                 return
             except GrokError as err:
                 self.ledger.failed(request, err)
+                self._settle(request)
                 self._apply(request)
                 if isinstance(err, protocol.BATCH_FATAL_ERRORS):
                     self._stop.set()
                 return
             self.ledger.answered(request, result, params.model)
+            self._settle(request)
             self._store_later(request, result)
         finally:
             with self._lock:
                 self._in_flight[job.prompt_index] -= 1
+
+    def _admitted(self, job: Job) -> bool:
+        """Wait until the money cap admits ``job`` (True) or stops sending (False)."""
+        while (decision := self.cap.admit(job.count)) is Admission.WAIT:
+            if self._stop.is_set():
+                return False
+            time.sleep(WAIT_SECONDS)
+        if decision is Admission.STOP:
+            self.log.warning(
+                "Prompt %d: not sending %d images: max_cost_usd reached (%s).",
+                job.prompt_index,
+                job.count,
+                self.cap.describe(),
+            )
+        return decision is Admission.SEND
+
+    def _settle(self, request: RequestRecord) -> None:
+        if why := self.cap.settle(request):
+            self.log.error("max_cost_usd: %s", why)
 
     def _store_later(self, request: RequestRecord, result: ImageGenerationResult) -> None:
         """Hand an answer to the store pool (blocks while ``max_concurrency`` answers already wait)."""
@@ -459,6 +496,8 @@ class GenerationPipeline:
         """:meth:`finalize`, then raise :class:`GrokIncompleteError` if a prompt is incomplete."""
         xcom, manifest = self.finalize()
         failed = [r for r in self.records if r.status == "failed"]
+        if failed and self.cap.stopped:
+            raise self.budget_exceeded(len(xcom))
         if failed:
             lines = [
                 f"prompt {r.prompt_index} ({r.prompt[:60]!r}): {len(r.images)}/{r.requested} stored; {r.error}"
@@ -471,11 +510,26 @@ class GenerationPipeline:
             )
         return xcom, manifest
 
+    def budget_exceeded(self, stored: int) -> GrokBudgetExceededError:
+        """The error that ends a task the money cap stopped: the cap, the spend, what was not generated."""
+        missing = [r for r in self.records if r.missing]
+        names = ", ".join(f"{r.prompt_index} ({r.prompt[:40]!r}, {r.missing} images)" for r in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        reason = self.cap.unenforceable or "the next request could have passed it"
+        return GrokBudgetExceededError(
+            f"max_cost_usd stopped this task: {self.cap.describe()}; {reason}. Not generated: prompts {names}{more}. "
+            f"The {stored} images stored stay in S3 and in {self.store.uri(self.store.manifest_key)}; raise "
+            "max_cost_usd and retry (or clear) the task to generate only what is missing.",
+            cap_usd=self.cap.max_cost_usd,
+            spent_usd=self.cap.spent_usd(),
+            not_generated=[r.prompt_index for r in missing],
+        )
+
     # --- the deferred path ---
 
     def trigger_plan(self, jobs: Sequence[Job]) -> str:
         """Store what the trigger is to send (see :func:`~airflow_provider_grok.ledger.write_plan`); its key."""
-        key = write_plan(self.store, self._execution, [(job, self.job_params(job)) for job in jobs])
+        key = write_plan(self.store, self._execution, [(job, self.job_params(job)) for job in jobs], self.cap)
         with self._lock:
             self._receipts.add(key)
         return key

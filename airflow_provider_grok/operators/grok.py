@@ -92,6 +92,14 @@ class GrokGenerateImagesOperator(BaseOperator):
     :param max_xcom_images: above this many stored images the XCom is a summary (``manifest_uri``,
         ``bucket``, ``prefix``, ``images``) instead of one dict per image, so a 10,000-prompt task does not
         put megabytes into the metadata DB; the manifest lists every image (default 1000).
+    :param max_cost_usd: the most this task instance may be billed, all its tries together, in US dollars
+        (templated). No request is sent that could take the bill past it: the first request (of one image)
+        goes alone to learn the price, then the worst case of every request in flight is reserved. When the
+        next request would pass the cap, sending stops, what arrived is stored, the manifest is written and
+        the task fails with :class:`~airflow_provider_grok.exceptions.GrokBudgetExceededError`; a retry with
+        a higher cap pays only for what is missing. Needs a gateway that reports cost (xAI does). Under a
+        cap, a request that got no answer is not retried by the hook (it may have been billed): the try
+        ends and an Airflow retry sends it again within the cap. Default None: no cap.
     """
 
     template_fields: Sequence[str] = (
@@ -102,6 +110,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         "s3_extra_args",
         "grok_conn_id",
         "aws_conn_id",
+        "max_cost_usd",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {
         "prompt": "json",
@@ -135,6 +144,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         s3_extra_args: dict[str, Any] | None = None,
         deferrable: bool | None = None,
         max_xcom_images: int = 1000,
+        max_cost_usd: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,6 +176,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         self.s3_extra_args = s3_extra_args
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.max_xcom_images = max_xcom_images
+        self.max_cost_usd = max_cost_usd
         self._pipeline: GenerationPipeline | None = None
         self._kill_requested = False
         self._stored_prefix: tuple[str, str] | None = None
@@ -217,6 +228,22 @@ class GrokGenerateImagesOperator(BaseOperator):
             prefix = f"{prefix}/map-{ti.map_index}"
         return bucket, prefix
 
+    def cost_cap(self) -> float | None:
+        """The rendered ``max_cost_usd`` as a number of dollars, validated (None: no cap)."""
+        value = self.max_cost_usd
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        try:
+            cap = float(value)
+        except (TypeError, ValueError):
+            cap = float("nan")
+        if isinstance(value, bool) or not cap > 0 or cap == float("inf"):
+            raise GrokValidationError(
+                f"Invalid max_cost_usd={value!r}: expected a number of US dollars > 0 (e.g. 5 or '2.50'), or None "
+                "for no cap."
+            )
+        return cap
+
     def s3_put_args(self) -> dict[str, Any]:
         from airflow_provider_grok.storage import ALLOWED_S3_EXTRA_ARGS
 
@@ -244,8 +271,10 @@ class GrokGenerateImagesOperator(BaseOperator):
         from airflow_provider_grok.operators._pipeline import GenerationPipeline
         from airflow_provider_grok.storage import S3ImageStore
 
-        hook = GrokHook(grok_conn_id=self.grok_conn_id, max_connections=self.max_concurrency)
         try:
+            cap = self.cost_cap()
+            # Under a cap, a request that may have been billed without an answer is not retried blindly.
+            hook = GrokHook(self.grok_conn_id, max_connections=self.max_concurrency, retry_unanswered=cap is None)
             bucket, prefix = self.storage_target(context)
             store = S3ImageStore(self.aws_conn_id, bucket, prefix, self.s3_put_args())
             plan = self.plan_requests(hook, store)
@@ -260,6 +289,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             max_concurrency=self.max_concurrency,
             allow_partial=self.allow_partial,
             log=self.log,
+            max_cost_usd=cap,
         )
         manifest = store.read_manifest()  # also the cheap check that the bucket exists and is readable
         try:
@@ -326,13 +356,16 @@ class GrokGenerateImagesOperator(BaseOperator):
         fold those records into the manifest. Images lost in the narrow window of a triggerer crash (answer
         received, not yet stored) are generated here, and the log says so.
         """
+        from airflow_provider_grok.exceptions import GrokBudgetExceededError
         from airflow_provider_grok.triggers.grok import GenerationEvent
 
         pipeline = self.build_pipeline(context)
         outcome = GenerationEvent.from_payload(event)
         if outcome.error is not None:
             pipeline.record_batch_failure(outcome.error)
-            pipeline.finalize()  # the manifest says what happened; the task fails with the original error
+            xcom, _ = pipeline.finalize()  # the manifest says what happened; the task fails with the error
+            if isinstance(outcome.error, GrokBudgetExceededError):
+                raise pipeline.budget_exceeded(len(xcom))  # names the spend and what was not generated
             raise outcome.error
         # Prompts with an error or an image that could not be stored fail as on the sync path; what remains
         # missing was paid for but lost in a triggerer crash between an answer and its storing.

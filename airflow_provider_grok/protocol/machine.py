@@ -71,10 +71,14 @@ class Send:
 
 @dataclass(frozen=True)
 class Retry:
-    """Sleep ``delay`` seconds, then ask :meth:`request` again. ``message`` is the log line."""
+    """
+    Sleep ``delay`` seconds, then ask :meth:`request` again. ``message`` is the log line. ``pause_everyone``:
+    the wait is about the API key, not this request (a 429), so every sender on the same rate budget waits.
+    """
 
     delay: float
     message: str
+    pause_everyone: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,13 @@ class _Attempts:
     def attempts(self) -> int:
         return self.retries + 1
 
-    def _retry(self, delay: float, failure: str) -> Retry:
+    def _retry(self, delay: float, failure: str, *, pause_everyone: bool = False) -> Retry:
         self.retries += 1
         return Retry(
             delay,
             f"{self.what} failed ({failure}); retry {self.retries} of {self.policy.max_retries} in {delay:.1f} s. "
             "A retried generation may be billed again.",
+            pause_everyone,
         )
 
     def _delay(self, *, status: int | None, headers: Mapping[str, str] | None, now: float) -> float | None:
@@ -160,7 +165,7 @@ class ApiCall(_Attempts):
         delay = self._delay(status=status, headers=headers, now=now)
         if delay is None:
             raise self.final_error(status, headers, body)
-        return self._retry(delay, f"HTTP {status}")
+        return self._retry(delay, f"HTTP {status}", pause_everyone=status == 429)
 
     def final_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GrokError:
         return error_from_response(
@@ -182,6 +187,13 @@ class ApiCall(_Attempts):
             raise GrokResponseError(
                 f"{self.what}: the answer is larger than the {self.max_response_bytes}-byte limit (ten 2k images "
                 "are tens of MB); refusing to read it."
+            )
+        unanswered = fault in ("no_answer", "deadline")
+        if unanswered and not self.policy.retry_unanswered:
+            raise GrokTransportError(
+                f"{self.what} got no HTTP answer: {detail}. It is not retried here because the gateway may have "
+                "billed it and the task has a max_cost_usd: the try ends, its cost counted as unknown, and an "
+                "Airflow retry sends it again within the cap."
             )
         delay = None if fault in ("undecodable", "refused") else self._delay(status=None, headers=None, now=now)
         if delay is None:

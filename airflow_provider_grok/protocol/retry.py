@@ -50,12 +50,15 @@ class RetryPolicy:
     :param backoff_base: first backoff, seconds; doubles per retry, with jitter.
     :param backoff_max: ceiling of one backoff.
     :param retry_after_max: ceiling applied to a server's ``Retry-After``.
+    :param retry_unanswered: retry an API request that got no answer (a timeout, a dropped connection).
+        The gateway may have billed it, so a task with a money cap turns this off.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
+    retry_unanswered: bool = True
 
     def delay(
         self,

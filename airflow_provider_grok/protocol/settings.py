@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ GENERATIONS_PATH = "images/generations"
 MODELS_PATH = "models"
 
 
-CONNECTION_EXTRAS = ("model", "timeout", "max_retries", "requests_per_second", "extra_headers")
+CONNECTION_EXTRAS = ("model", "timeout", "max_retries", "requests_per_second", "extra_headers", "redis_conn_id")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class ConnectionSettings:
     :param max_retries: retries after a transient failure (0 disables).
     :param requests_per_second: client-side cap on request starts, None for no cap.
     :param extra_headers: headers added to every API request (never to image downloads).
+    :param redis_conn_id: an Airflow ``redis`` connection: when set, ``requests_per_second`` (and a 429's
+        pause) holds for every process that uses this gateway and key, not for each process alone.
     """
 
     base_url: str
@@ -48,6 +51,12 @@ class ConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     requests_per_second: float | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    redis_conn_id: str | None = None
+
+    @property
+    def api_key_hash(self) -> str:
+        """Names the key where it must be told apart (a shared budget) without ever revealing it."""
+        return hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
 
     def url(self, path: str) -> str:
         return endpoint_url(self.base_url, path)
@@ -100,6 +109,7 @@ def settings_from_connection(
         max_retries=max_retries,
         requests_per_second=rps_value or None,
         extra_headers=headers,
+        redis_conn_id=_extra_str(extra, "redis_conn_id"),
     )
     return settings, unknown
 

@@ -54,6 +54,10 @@ class SimulatorControl:
     def set_latency(self, seconds: float) -> None:
         self._call("POST", "latency", {"seconds": seconds})
 
+    def set_rate_limit(self, per_second: float | None) -> None:
+        """Answer 429 past ``per_second`` generation starts in any second (None: no limit)."""
+        self._call("POST", "rate_limit", {"per_second": per_second})
+
     def fail(self, status: int, **kwargs: Any) -> None:
         self._call("POST", "fail", {"status": status, **kwargs})
 
@@ -74,3 +78,14 @@ class SimulatorControl:
 
     def reset(self) -> None:
         self._call("POST", "reset")
+
+
+def busiest_second(starts: list[float]) -> int:
+    """The most requests that started within any 1-second window (``started`` times of the call log)."""
+    ordered = sorted(starts)
+    best, first = 0, 0
+    for last, start in enumerate(ordered):
+        while start - ordered[first] >= 1.0:
+            first += 1
+        best = max(best, last - first + 1)
+    return best

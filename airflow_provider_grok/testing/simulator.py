@@ -16,6 +16,7 @@ log, and injects faults on demand::
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -51,6 +52,7 @@ CONTROL_HELP = {
     "GET /_simulator/calls": "every API call answered so far: method, path, status, request_id, body, billed_ticks",
     "GET /_simulator/billing": "requests_billed, images_billed, cost_in_usd_ticks, cost_usd",
     "POST /_simulator/latency": '{"seconds": 2.5}: every generation takes this long',
+    "POST /_simulator/rate_limit": '{"per_second": 4}: 429 past 4 starts in a second, as xAI; null: off',
     "POST /_simulator/fail": '{"status": 503, "times": 2, "retry_after": 1, "prompt_contains": "owl"}',
     "POST /_simulator/drop_connections": '{"times": 1}',
     "POST /_simulator/moderate": '{"keep": 0, "times": 1, "prompt_contains": "edgy"}',
@@ -126,6 +128,8 @@ class GrokSimulator:
     :param api_key: the bearer key the simulator accepts.
     :param latency: seconds each generation takes.
     :param max_concurrent: generations in flight at once; beyond it the simulator answers 429.
+    :param rate_limit: generations started per second (any 1-second window); beyond it the simulator answers
+        429 with ``Retry-After: 1``, as xAI does past its per-model limit. Not billed.
     :param image_format: ``jpeg`` or ``png``.
     :param b64_prefix: send ``b64_json`` with a ``data:image/...;base64,`` prefix.
     :param models_endpoint: serve ``GET /v1/models`` (False: 404, like gateways without it).
@@ -138,6 +142,7 @@ class GrokSimulator:
         api_key: str = DEFAULT_API_KEY,
         latency: float = 0.0,
         max_concurrent: int | None = None,
+        rate_limit: float | None = None,
         image_format: str = "jpeg",
         b64_prefix: bool = False,
         models_endpoint: bool = True,
@@ -153,6 +158,8 @@ class GrokSimulator:
         self.api_key = api_key
         self.latency = latency
         self.max_concurrent = max_concurrent
+        self.rate_limit = rate_limit
+        self._admitted: collections.deque[float] = collections.deque()  # starts within the last second
         self.image_format = image_format
         self.b64_prefix = b64_prefix
         self.models_endpoint = models_endpoint
@@ -348,10 +355,28 @@ class GrokSimulator:
                 return 400, {"error": 'latency: give {"seconds": <number >= 0>}'}
             self.latency = float(seconds)
             return 200, {"ok": True}
+        if method == "POST" and action == "rate_limit":
+            per_second = args.get("per_second")
+            if per_second is not None and (not isinstance(per_second, int | float) or per_second <= 0):
+                return 400, {"error": 'rate_limit: give {"per_second": <number > 0>} or {"per_second": null}'}
+            self.rate_limit = per_second
+            return 200, {"ok": True}
         if method == "POST" and action in ("reset", "expire_urls"):
             getattr(self, action)()
             return 200, {"ok": True}
         return 404, {"error": f"unknown control {method} /_simulator/{action}", "help": CONTROL_HELP}
+
+    def over_rate_limit(self, started: float) -> bool:
+        """Whether a generation starting at ``started`` (monotonic) is past ``rate_limit``; else count it."""
+        with self._lock:
+            if self.rate_limit is None:
+                return False
+            while self._admitted and self._admitted[0] <= started - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.rate_limit:
+                return True
+            self._admitted.append(started)
+            return False
 
     def _add(self, faults: list[_Fault], kind: str, times: int | None, prompt: str | None, **params: Any) -> None:
         with self._lock:
@@ -542,6 +567,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, sim.error_body(404, f"No route for {method} {path}"), request_id=request_id)
         if refusal := sim.check_key(headers) or sim.validate(body):
             return self._json(*refusal, request_id=request_id)
+        if sim.over_rate_limit(self._record.started):
+            message = f"Rate limit exceeded: at most {sim.rate_limit:g} requests per second for this model."
+            return self._json(429, sim.error_body(429, message), request_id=request_id, extra={"Retry-After": "1"})
         with sim._lock:
             if sim.max_concurrent is not None and sim._in_flight >= sim.max_concurrent:
                 over_cap = True

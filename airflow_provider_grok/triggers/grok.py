@@ -43,6 +43,7 @@ ERROR_TYPES: dict[str, type[GrokError]] = {
         exceptions.GrokImageDownloadError,
         exceptions.GrokStorageError,
         exceptions.GrokValidationError,
+        exceptions.GrokBudgetExceededError,
     )
 }
 
@@ -173,21 +174,25 @@ class GrokGenerateImagesTrigger(BaseTrigger):
             )
         yield TriggerEvent(event.to_payload())
 
-    def _open(self) -> tuple[Any, list[tuple[Any, Any]], list[dict[str, Any]]]:
+    def _open(self) -> tuple[Any, list[tuple[Any, Any]], Any, list[dict[str, Any]]]:
         """
         In a thread (S3Hook and GrokHook read their connections synchronously): the worker's ledger, the
-        plan, and the receipts a previous run of this trigger left (none on a first run).
+        plan and its money cap, and the receipts a previous run of this trigger left (none on a first run),
+        already counted against the cap.
         """
         from airflow_provider_grok.hooks.grok import GrokHook
         from airflow_provider_grok.ledger import RequestLedger, read_plan
-        from airflow_provider_grok.manifest import TaskIdentity, is_receipt_key
+        from airflow_provider_grok.manifest import RequestRecord, TaskIdentity, is_receipt_key
         from airflow_provider_grok.storage import S3ImageStore
 
         store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
         downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
         ledger = RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
         receipts = store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
-        return ledger, read_plan(store, self.plan_key), receipts
+        plan, cap = read_plan(store, self.plan_key)
+        ours = {job.id for job, _ in plan}
+        cap.fold(RequestRecord.from_json(r) for r in receipts if str(r.get("id")).split("-r", 1)[0] in ours)
+        return ledger, plan, cap, receipts
 
     @staticmethod
     def _still_to_send(plan: list[tuple[Any, Any]], receipts: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
@@ -214,12 +219,20 @@ class GrokGenerateImagesTrigger(BaseTrigger):
 
     async def _run(self) -> GenerationEvent:
         from airflow_provider_grok import protocol
+        from airflow_provider_grok.exceptions import GrokBudgetExceededError
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
+        from airflow_provider_grok.record import Admission
+        from airflow_provider_grok.record.cap import WAIT_SECONDS
 
-        hook = GrokAsyncHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
+        ledger, plan, cap, receipts = await asyncio.to_thread(self._open)
+        hook = GrokAsyncHook(
+            self.grok_conn_id,
+            retry_backoff=self.retry_backoff,
+            max_connections=self.max_concurrency,
+            retry_unanswered=cap.max_cost_usd is None,  # under a cap, a maybe-billed retry is Airflow's
+        )
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
-            ledger, plan, receipts = await asyncio.to_thread(self._open)
             todo = self._still_to_send(plan, receipts)
             if receipts:
                 self.log.warning(
@@ -231,24 +244,37 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                 )
             slots = asyncio.Semaphore(self.max_concurrency)
             fatal: list[GrokError] = []
+            capped: list[Any] = []
+
+            def settle(request: Any) -> None:
+                if why := cap.settle(request):
+                    self.log.error("max_cost_usd: %s", why)
 
             async def one(job: Any, params: Any) -> bool:
                 async with slots:
                     if fatal:
                         return False  # not sent: the worker records the batch's error for this prompt
+                    while (decision := cap.admit(job.count)) is Admission.WAIT:
+                        await asyncio.sleep(WAIT_SECONDS)
+                    if decision is Admission.STOP:
+                        capped.append(job)  # not sent: the worker names it in GrokBudgetExceededError
+                        return False
                     request = await asyncio.to_thread(ledger.sent, job)
                     try:
                         with log_label(f"Prompt {job.prompt_index}"):
                             result = await hook.generate(params)
                     except GrokContentFilteredError as err:
                         await asyncio.to_thread(ledger.filtered, request, err)
+                        settle(request)
                         return True
                     except GrokError as err:
                         await asyncio.to_thread(ledger.failed, request, err)
+                        settle(request)
                         if isinstance(err, protocol.BATCH_FATAL_ERRORS):
                             fatal.append(err)
                         return True
                     await asyncio.to_thread(ledger.answered, request, result, params.model)
+                    settle(request)
                     # Stored inside the slot: at most max_concurrency answers are held in memory.
                     await asyncio.to_thread(ledger.store_answer, request, result, params.prompt)
                     return True
@@ -257,6 +283,10 @@ class GrokGenerateImagesTrigger(BaseTrigger):
             skipped = len(plan) - len(todo)
             if fatal:
                 return GenerationEvent.failure(fatal[0], sent=sent, skipped=skipped)
+            if capped:
+                self.log.warning("max_cost_usd: %d requests not sent (%s).", len(capped), cap.describe())
+                stop = GrokBudgetExceededError(f"max_cost_usd reached: {cap.describe()}", cap_usd=cap.max_cost_usd)
+                return GenerationEvent.failure(stop, sent=sent, skipped=skipped)
             return GenerationEvent("success", sent=sent, skipped=skipped)
         finally:
             await hook.aclose()  # also when the task is killed or the trigger times out (cancellation)

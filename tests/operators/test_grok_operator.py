@@ -364,6 +364,8 @@ INVALID = {  # task id: (arguments, bucket or None for the test's bucket)
     "bad_extra_args": ('prompt="x", s3_extra_args={"Bucket": "elsewhere"}', None),
     "bucket_uri": ('prompt="x"', "s3://bucket/path"),
     "bad_quality": ('prompt="x", quality="Ultra HD!"', None),
+    "bad_cap": ('prompt="x", max_cost_usd="lots"', None),
+    "zero_cap": ('prompt="x", max_cost_usd=0', None),
 }
 
 
@@ -389,6 +391,8 @@ def test_invalid_parameters_fail_without_any_gateway_call_or_retry(grok_simulato
         "Bucket not allowed",
         "without s3://",
         "Invalid quality='Ultra HD!'",
+        "Invalid max_cost_usd='lots': expected a number of US dollars > 0",
+        "Invalid max_cost_usd=0",
     ):
         assert expected in logs
 

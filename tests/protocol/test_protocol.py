@@ -20,7 +20,6 @@ from airflow_provider_grok.exceptions import (
     GrokServerError,
     GrokValidationError,
 )
-from airflow_provider_grok.hooks._transport import RateLimiter
 from airflow_provider_grok.protocol import GenerationParams, RetryPolicy
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 20
@@ -524,14 +523,6 @@ def test_retry_after_is_honoured_and_capped():
     assert policy.delay(0, status=429, headers={"Retry-After": "7"}, now=NOW, rng=lambda: 0.5) == 7.0
     assert policy.delay(0, status=429, headers={"Retry-After": "3600"}, now=NOW, rng=lambda: 0.5) == 60.0
     assert policy.delay(0, status=400, headers={"Retry-After": "1"}, now=NOW, rng=lambda: 0.5) is None
-
-
-def test_rate_limiter_spaces_starts():
-    limiter = RateLimiter(4)  # one start every 0.25 s
-    waits = [limiter.reserve(now=100.0) for _ in range(4)]
-    assert waits == pytest.approx([0.0, 0.25, 0.5, 0.75])
-    assert limiter.reserve(now=200.0) == 0.0
-    assert RateLimiter(None).reserve(now=1.0) == 0.0
 
 
 # --- images ---
