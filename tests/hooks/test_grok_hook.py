@@ -235,6 +235,16 @@ def test_dropped_connection_is_retried(xai_sim, make_conn, capfd):
     assert "ConnectionError" in capfd.readouterr().out
 
 
+def test_under_a_money_cap_a_request_without_answer_is_not_retried(xai_sim, make_conn):
+    hook = GrokHook(make_conn(xai_sim), retry_unanswered=False)  # what the operator builds for max_cost_usd
+    xai_sim.drop_connections(times=1)
+    with pytest.raises(GrokTransportError, match="may have billed it and the task has a max_cost_usd"):
+        hook.generate_images("x")
+    assert [c.status for c in xai_sim.calls] == [None]  # sent once: the retry is Airflow's, within the cap
+    xai_sim.fail(503, times=1, retry_after=0)
+    assert len(hook.generate_images("y").images) == 1  # an error answer is not billed: retried as always
+
+
 def test_dropped_connections_exhausted_is_a_transport_error(xai_sim, make_conn):
     hook = hook_for(make_conn, xai_sim, extra={"max_retries": 1})
     xai_sim.drop_connections(times=None)

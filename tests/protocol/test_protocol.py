@@ -518,6 +518,14 @@ def test_retry_after_forms(headers, expected):
     assert protocol.retry_after_seconds(headers, now=NOW) == expected
 
 
+@pytest.mark.parametrize(("status", "everyone"), [(429, True), (503, False), (500, False)])
+def test_a_429_pauses_everyone_on_the_budget_other_faults_only_this_request(status, everyone):
+    settings = protocol.ConnectionSettings(base_url="https://api.x.ai", api_key="k")
+    call = protocol.GenerationCall(settings, RetryPolicy(max_retries=2), {"prompt": "p", "n": 1}, rng=lambda: 0.5)
+    step = call.received(status, {"Retry-After": "3"}, b"{}", now=NOW)
+    assert isinstance(step, protocol.Retry) and step.delay == 3.0 and step.pause_everyone is everyone
+
+
 def test_retry_after_is_honoured_and_capped():
     policy = RetryPolicy(max_retries=3, retry_after_max=60)
     assert policy.delay(0, status=429, headers={"Retry-After": "7"}, now=NOW, rng=lambda: 0.5) == 7.0

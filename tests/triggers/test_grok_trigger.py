@@ -18,7 +18,7 @@ from airflow_provider_grok.triggers.grok import GrokGenerateImagesTrigger
 IDENTITY = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1, "try_number": 1}
 
 
-def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> GrokGenerateImagesTrigger:
+def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, cap=None, **kwargs) -> GrokGenerateImagesTrigger:
     """A trigger as the operator builds it: a stored plan of one job per prompt, storing under ``trig/``."""
     from airflow_provider_grok.ledger import Job, write_plan
     from airflow_provider_grok.protocol import GenerationParams
@@ -31,7 +31,7 @@ def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, **kwargs) -> G
         )
         for i, p in enumerate(prompts)
     ]
-    key = write_plan(S3ImageStore("aws_default", s3.bucket, "trig", {}), "abc123", plan)
+    key = write_plan(S3ImageStore("aws_default", s3.bucket, "trig", {}), "abc123", plan, cap)
     return GrokGenerateImagesTrigger(
         grok_conn_id=conn_id,
         aws_conn_id="aws_default",
@@ -274,3 +274,18 @@ async def test_async_hook_registers_the_key_with_the_secrets_masker(xai_sim, mak
     hook = GrokAsyncHook(make_conn(xai_sim))
     await hook.load_settings()
     assert xai_sim.api_key not in str(redact(f"token={xai_sim.api_key}"))
+
+
+async def test_the_trigger_stops_at_the_money_cap_the_worker_folded(xai_sim, make_conn, s3):
+    from airflow_provider_grok.manifest import RequestRecord
+    from airflow_provider_grok.record import CostCap
+
+    cap = CostCap(0.06)  # an earlier try was billed $0.02 for one image: $0.04 left, two more images
+    cap.fold([RequestRecord("t1-x-s00001", 1, 0, 0, 1, "fp", state="stored", usage={"cost_in_usd_ticks": 2 * 10**8})])
+    trigger = trigger_for(make_conn(xai_sim), s3, ["a", "b", "c", "d"], cap=cap, max_concurrency=2)
+    event = await single_event(trigger)
+
+    assert event["status"] == "error" and event["error_type"] == "GrokBudgetExceededError"
+    assert event["sent"] == 2 and len(xai_sim.generation_calls) == 2
+    assert xai_sim.billing()["cost_usd"] == pytest.approx(0.04)
+    assert "$0.0600 billed of max_cost_usd=$0.0600" in event["message"]
