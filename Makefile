@@ -59,7 +59,7 @@ $(E2E_INSTALLED): pyproject.toml | wheel
 # scheduler, dag-processor, triggerer as separate processes), running the wheel just built from this tree.
 e2e: $(E2E_INSTALLED) wheel
 	$(E2E_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps dist/*.whl
-	$(E2E_VENV)/bin/pytest -m e2e tests/e2e -p no:cacheprovider -s
+	$(E2E_VENV)/bin/pytest -m e2e tests/e2e -p no:cacheprovider -s --timeout 900
 
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
