@@ -40,13 +40,14 @@ def _default_deferrable() -> bool:
 
 class GrokManifestLink(BaseOperatorLink):
     """
-    Link from the task in the Airflow UI to its ``manifest.json`` (AWS console, or the S3 endpoint URL).
+    Link from the task in the Airflow UI to its images: the "Images" view of the ``grok`` UI plugin, served by
+    the API server (so it works for private buckets and endpoints the browser cannot reach).
 
     The operator stores the URL in XCom under :attr:`xcom_key`. After ``execute`` the task runner calls
     :meth:`get_link` and stores its answer under that same key, which is where the API server reads it.
     """
 
-    name = "Grok manifest"
+    name = "Grok images"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
@@ -281,6 +282,12 @@ class GrokGenerateImagesOperator(BaseOperator):
         except GrokValidationError as err:
             raise AirflowFailException(str(err)) from err
         self._stored_prefix = (bucket, prefix)
+        # Where the Images view finds this task instance's manifest (before anything is spent or stored).
+        from airflow_provider_grok.plugins.view import LOCATION_XCOM_KEY
+
+        context["ti"].xcom_push(
+            key=LOCATION_XCOM_KEY, value={"bucket": bucket, "prefix": prefix, "aws_conn_id": self.aws_conn_id}
+        )
         pipeline = GenerationPipeline(
             plan=plan,
             hook=hook,
@@ -416,13 +423,18 @@ class GrokGenerateImagesOperator(BaseOperator):
     # --- Airflow integration: link, assets, lineage ---
 
     def _persist_manifest_link(self, context: Context, pipeline: GenerationPipeline) -> None:
-        store = pipeline.store
-        endpoint = store.hook.conn_config.endpoint_url if store.hook.conn_config else None
-        if endpoint:
-            url = f"{endpoint.rstrip('/')}/{store.bucket}/{store.manifest_key}"
-        else:
-            url = f"https://s3.console.aws.amazon.com/s3/object/{store.bucket}?prefix={store.manifest_key}"
-        context["ti"].xcom_push(key=GrokManifestLink().xcom_key, value=url)
+        from urllib.parse import urlsplit
+
+        from airflow.sdk.configuration import conf
+
+        from airflow_provider_grok.plugins.view import view_path
+
+        ti = context["ti"]
+        map_index = -1 if ti.map_index is None else ti.map_index
+        # Under the API server's own path when it is served below one (https://host/airflow).
+        root = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+        url = root + view_path(ti.dag_id, ti.run_id, ti.task_id, map_index)
+        ti.xcom_push(key=GrokManifestLink().xcom_key, value=url)
 
     def _emit_asset_events(self, context: Context, pipeline: GenerationPipeline, manifest: dict[str, Any]) -> None:
         from airflow.sdk import Asset, AssetAlias

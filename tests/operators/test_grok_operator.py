@@ -69,7 +69,8 @@ def test_one_prompt(grok_simulator, s3, dag_runner):
     assert manifest["cost"]["requests"] == manifest["cost"]["this_try"]["requests"] == 1
     assert_objects_match_manifest(s3, manifest)
     assert [c.body["response_format"] for c in grok_simulator.generation_calls] == ["b64_json"]
-    assert result.extra_link("gen", "Grok manifest") == f"{s3.endpoint}/{s3.bucket}/{prefix}/manifest.json"
+    run = result.run_id.replace(":", "%3A").replace("+", "%2B")
+    assert result.extra_link("gen", "Grok images") == f"/grok/images/{result.dag_id}/{run}/gen/-1"  # the Images view
 
 
 def test_list_of_prompts_with_n(grok_simulator, s3, dag_runner):
