@@ -14,7 +14,7 @@ FLOOR_INSTALLED := $(FLOOR_VENV)/.installed
 E2E_VENV := .venv-e2e
 E2E_INSTALLED := $(E2E_VENV)/.installed
 
-.PHONY: test lint typecheck pytest test-floor wheel demo bench e2e clean
+.PHONY: test lint typecheck pytest test-floor wheel chromium demo bench e2e clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,9 +55,14 @@ $(E2E_INSTALLED): pyproject.toml | wheel
 	$(E2E_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$$(ls dist/*.whl)[e2e]"
 	@touch $@
 
+# The browser test's Chromium is Debian's (a browser download of Playwright's own cannot run offline).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 # Real deployments: LocalExecutor, and CeleryExecutor with two workers (PostgreSQL, Redis, api-server,
 # scheduler, dag-processor, triggerer as separate processes), running the wheel just built from this tree.
-e2e: $(E2E_INSTALLED) wheel
+e2e: $(E2E_INSTALLED) wheel chromium
 	$(E2E_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps dist/*.whl
 	$(E2E_VENV)/bin/pytest -m e2e tests/e2e -p no:cacheprovider -s --timeout 900
 
@@ -68,4 +73,4 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/run.py --output benchmarks/RESULTS.md --json benchmarks/results.json
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) $(E2E_VENV) dist demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) $(E2E_VENV) dist demo-output e2e-output .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,9 @@ AIRFLOW = str(BIN / "airflow")
 ROOT = Path(__file__).resolve().parents[2]
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 BUCKET = "grok-e2e"
+# The simple auth manager's real users (never "all admins", which would make every request an admin and an
+# anonymous-access test meaningless): the suite's REST calls log in as admin, the browser too.
+USERS = {"admin": "admin", "viewer": "viewer"}
 CELERY_WORKERS = ("worker-1", "worker-2")
 # A dead worker's task is failed (and retried elsewhere) once its heartbeat is this old.
 HEARTBEAT_TIMEOUT = 15
@@ -81,6 +84,8 @@ class Deployment:
         self.sim_url = ""
         self.s3_url = ""
         self.env: dict[str, str] = {}
+        self.passwords = {user: secrets.token_urlsafe(12) for user in USERS}
+        self._token: str | None = None
 
     # --- processes ---
 
@@ -145,7 +150,7 @@ class Deployment:
         self.start_triggerer()
         for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
             self.start_celery_worker(worker)
-        wait_for("the api-server", lambda: requests.get(f"{self.api}/api/v2/version", timeout=5).ok, 180)
+        wait_for("the api-server", lambda: requests.get(f"{self.api}/api/v2/monitor/health", timeout=5).ok, 180)
         wait_for("scheduler, dag-processor and triggerer to report healthy", self._healthy, 180)
         for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
             wait_for(f"Celery {worker} to be ready", lambda w=worker: " ready." in self.log_tail(w, 400), 180)
@@ -246,7 +251,8 @@ class Deployment:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{role}" for u, role in USERS.items()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self._passwords_file()),
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
             "AIRFLOW__API__BASE_URL": self.api,
@@ -284,6 +290,27 @@ class Deployment:
             "AIRFLOW_CONN_GROK_FLEET_SHARED": json.dumps({**sim, "extra": {**fleet, "redis_conn_id": "grok_redis"}}),
             "AIRFLOW_CONN_GROK_FLEET_LOCAL": json.dumps({**sim, "extra": fleet}),
         }
+
+    def _passwords_file(self) -> Path:
+        path = self.root / "passwords.json"
+        path.write_text(json.dumps(self.passwords))
+        return path
+
+    def token(self, user: str = "admin") -> str:
+        """A JWT from the API server's own login (``POST /auth/token``) for one of :data:`USERS`."""
+        if user == "admin" and self._token:
+            return self._token
+        answer = requests.post(
+            f"{self.api}/auth/token", json={"username": user, "password": self.passwords[user]}, timeout=30
+        )
+        assert answer.status_code == 201, f"login as {user}: HTTP {answer.status_code} {answer.text[:300]}"
+        token = str(answer.json()["access_token"])
+        if user == "admin":
+            self._token = token
+        return token
+
+    def authorized(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
 
     def _dags_folder(self) -> Path:
         folder = self.root / "dags"
@@ -324,13 +351,18 @@ class Deployment:
         )
 
     def rest(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = requests.request(method, f"{self.api}/api/v2/{path}", timeout=30, **kwargs)
+        headers = {**self.authorized(), **kwargs.pop("headers", {})}
+        response = requests.request(method, f"{self.api}/api/v2/{path}", timeout=30, headers=headers, **kwargs)
         assert response.ok, f"{method} {path}: HTTP {response.status_code} {response.text[:500]}"
         return response.json()
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Trigger a run with no logical date, as a manual run from the UI or the REST API."""
-        wait_for(f"{dag_id} to be parsed", lambda: requests.get(f"{self.api}/api/v2/dags/{dag_id}", timeout=5).ok, 120)
+        wait_for(
+            f"{dag_id} to be parsed",
+            lambda: requests.get(f"{self.api}/api/v2/dags/{dag_id}", headers=self.authorized(), timeout=5).ok,
+            120,
+        )
         run = self.rest("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
         return str(run["dag_run_id"])
 

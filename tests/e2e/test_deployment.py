@@ -12,6 +12,7 @@ import os
 import signal
 
 import pytest
+import requests
 
 from airflow_provider_grok.manifest import default_prefix
 from airflow_provider_grok.testing import SimulatorControl
@@ -127,3 +128,31 @@ def test_test_connection_names_unknown_extras(deployment: Deployment) -> None:
     assert answer["status"] is False
     assert "'max_retry' (did you mean 'max_retries'?)" in answer["message"]
     assert connection["password"] not in answer["message"]
+
+
+def test_the_images_tab_shows_every_image_of_a_task_instance_in_a_real_browser(deployment: Deployment) -> None:
+    from tests.e2e.browser import OUTPUT, images_loaded, logged_in, open_images_tab
+
+    dag = "example_grok_scheduled_content"
+    run = deployment.trigger(dag)
+    assert deployment.wait_run(dag, run) == "success", explain(deployment, dag, run)
+    prefix = f"{default_prefix(dag, run, 'generate')}/map-0"
+    manifest = deployment.manifest(prefix)
+    view = f"{deployment.api}/grok/images/{dag}/{run}/generate/0"
+    image_key = manifest["prompts"][0]["images"][0]["key"]
+    # A mounted app is anonymous unless it checks itself: without a login, neither the page nor an image.
+    for url in (view, f"{view}/file/{image_key}"):
+        assert requests.get(url, timeout=30).status_code == 401
+        assert requests.get(url, headers={"Authorization": "Bearer forged"}, timeout=30).status_code == 403
+    assert requests.get(view, headers=deployment.authorized(), timeout=30).status_code == 200
+
+    OUTPUT.mkdir(exist_ok=True)
+    with logged_in(deployment.api, "viewer", deployment.passwords["viewer"]) as page:
+        frame = open_images_tab(page, deployment.api, dag_id=dag, run_id=run, task_id="generate", map_index=0)
+        widths = images_loaded(frame)
+        cost = frame.locator("[data-cost-all]").inner_text()
+        page.screenshot(path=str(OUTPUT / "images-view.png"), full_page=True)
+    stored = manifest["summary"]["images_stored"]
+    print(f"\nImages tab: {len(widths)} thumbnails, natural widths {widths}, '{cost}'; screenshot {OUTPUT}")
+    assert len(widths) == stored > 0 and all(width > 0 for width in widths)
+    assert cost == f"all tries ${manifest['cost']['usd']:.4f}"
