@@ -163,6 +163,26 @@ class _RedisFallback:
         rate = Fraction(self.rps).limit_denominator(1000)
         return per_duration(timedelta(seconds=rate.denominator), limit=rate.numerator, burst=1)
 
+    def _connect(self, client_class: Any, throttled_class: Any, store_module: Any) -> None:
+        """A Redis client for the pause key and throttled-py's GCRA cell (sync or asyncio flavours of both)."""
+        from throttled import RateLimiterType
+
+        self._errors = _redis_errors()
+        self._client = client_class.from_url(
+            self.target.url,
+            password=self.target.password,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        )
+        self._throttled = None
+        if self.rps:
+            self._throttled = throttled_class(
+                key=self.key,
+                using=RateLimiterType.GCRA.value,
+                quota=self._quota(),
+                store=store_module.RedisStore(server=self.target.url, options=self._options()),
+            )
+
     def use_redis(self) -> bool:
         return self.clock() >= self._down_until
 
@@ -211,23 +231,9 @@ class RedisBudget(_RedisFallback):
     def __init__(self, settings: ConnectionSettings, target: RedisTarget, log: Any, clock: Any = time.monotonic):
         super().__init__(settings, target, log, clock)
         import redis
-        from throttled import RateLimiterType, Throttled, store
+        from throttled import Throttled, store
 
-        self._errors = _redis_errors()
-        self._client = redis.Redis.from_url(
-            target.url,
-            password=target.password,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        )
-        self._throttled = None
-        if self.rps:
-            self._throttled = Throttled(
-                key=self.key,
-                using=RateLimiterType.GCRA.value,
-                quota=self._quota(),
-                store=store.RedisStore(server=target.url, options=self._options()),
-            )
+        self._connect(redis.Redis, Throttled, store)
 
     def next_start(self) -> float:
         if not self.use_redis():
@@ -257,24 +263,9 @@ class AsyncRedisBudget(_RedisFallback):
     def __init__(self, settings: ConnectionSettings, target: RedisTarget, log: Any, clock: Any = time.monotonic):
         super().__init__(settings, target, log, clock)
         import redis.asyncio
-        from throttled import RateLimiterType
         from throttled.asyncio import Throttled, store
 
-        self._errors = _redis_errors()
-        self._client = redis.asyncio.Redis.from_url(
-            target.url,
-            password=target.password,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        )
-        self._throttled = None
-        if self.rps:
-            self._throttled = Throttled(
-                key=self.key,
-                using=RateLimiterType.GCRA.value,
-                quota=self._quota(),
-                store=store.RedisStore(server=target.url, options=self._options()),
-            )
+        self._connect(redis.asyncio.Redis, Throttled, store)
 
     async def next_start(self) -> float:
         if not self.use_redis():
