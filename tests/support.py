@@ -177,7 +177,7 @@ class DagRunner:
     @staticmethod
     def migrate() -> None:
         airflow = str(Path(sys.executable).with_name("airflow"))
-        subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
+        subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, timeout=300)
 
     def write(self, source: str, name: str | None = None) -> tuple[Path, str]:
         dag_id = name or f"grok_test_dag_{next(self._ids)}_{uuid.uuid4().hex[:6]}"

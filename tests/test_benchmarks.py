@@ -14,7 +14,7 @@ def test_benchmark_smoke_run(tmp_path):
     report, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(report), "--json", str(raw)],
-        check=True, capture_output=True, cwd=ROOT,
+        check=True, capture_output=True, cwd=ROOT, timeout=280,
     )  # fmt: skip
     results = json.loads(raw.read_text())
     (block,) = results["throughput"]

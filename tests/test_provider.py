@@ -65,14 +65,15 @@ def test_providers_manager_loads_the_form_without_deprecation():
 
 @pytest.mark.parametrize(("command", "expected"), [("list", "airflow-provider-grok"), ("hooks", "GrokHook")])
 def test_airflow_cli_lists_the_provider(command, expected):
-    out = subprocess.run([AIRFLOW, "providers", command], capture_output=True, text=True, check=True).stdout
+    command_line = [AIRFLOW, "providers", command]
+    out = subprocess.run(command_line, capture_output=True, text=True, check=True, timeout=120).stdout
     line = next(line for line in out.splitlines() if expected in line)
     assert "grok" in line
 
 
 def imported_after(statement: str) -> set[str]:
     code = f"import json, sys; {statement}; print('MODULES=' + json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     line = next(line for line in out.splitlines() if line.startswith("MODULES="))  # Airflow may log to stdout
     return set(json.loads(line.removeprefix("MODULES=")))
 
@@ -101,3 +102,24 @@ def test_operator_import_adds_nothing_heavy_at_dag_parse_time():
     assert not {"requests", "boto3", "botocore", "PIL", "airflow.providers.amazon.aws.hooks.s3"} & loaded
     # httpx is loaded by airflow.sdk itself (its API client), so it is not ours to avoid.
     assert "httpx" in baseline
+
+
+def test_the_trigger_can_name_every_provider_error():
+    from airflow_provider_grok import exceptions
+    from airflow_provider_grok.triggers.grok import ERROR_TYPES
+
+    assert "GrokBudgetExceededError" in ERROR_TYPES and "GrokPrefixInUseError" in ERROR_TYPES
+    assert set(ERROR_TYPES.values()) == {
+        cls for cls in vars(exceptions).values() if isinstance(cls, type) and issubclass(cls, exceptions.GrokError)
+    }
+
+
+def test_edit_options_are_the_generation_options_but_size():
+    import typing
+
+    from airflow_provider_grok.hooks.grok import EditOptions
+    from airflow_provider_grok.protocol import GenerationOptions
+
+    generation = typing.get_type_hints(GenerationOptions)
+    del generation["size"]  # an edit keeps its source's shape
+    assert typing.get_type_hints(EditOptions) == generation

@@ -29,7 +29,7 @@ class SimulatorControl:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
 
-    def _call(self, method: str, action: str, body: dict[str, Any] | None = None) -> Any:
+    def send(self, method: str, action: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body or {}).encode() if method == "POST" else None
         request = urllib.request.Request(
             f"{self.base_url}/_simulator/{action}",
@@ -42,42 +42,42 @@ class SimulatorControl:
 
     def calls(self) -> list[dict[str, Any]]:
         """Every API call answered so far (see ``RecordedCall.to_json``)."""
-        return list(self._call("GET", "calls"))
+        return list(self.send("GET", "calls"))
 
     def generation_calls(self) -> list[dict[str, Any]]:
         return [c for c in self.calls() if c["method"] == "POST" and c["path"].endswith("/images/generations")]
 
     def billing(self) -> dict[str, Any]:
         """``requests_billed``, ``images_billed``, ``cost_in_usd_ticks``, ``cost_usd``."""
-        return dict(self._call("GET", "billing"))
+        return dict(self.send("GET", "billing"))
 
     def set_latency(self, seconds: float) -> None:
-        self._call("POST", "latency", {"seconds": seconds})
+        self.send("POST", "latency", {"seconds": seconds})
 
     def set_rate_limit(self, per_second: float | None) -> None:
         """Answer 429 past ``per_second`` generation starts in any second (None: no limit)."""
-        self._call("POST", "rate_limit", {"per_second": per_second})
+        self.send("POST", "rate_limit", {"per_second": per_second})
 
     def fail(self, status: int, **kwargs: Any) -> None:
-        self._call("POST", "fail", {"status": status, **kwargs})
+        self.send("POST", "fail", {"status": status, **kwargs})
 
     def drop_connections(self, **kwargs: Any) -> None:
-        self._call("POST", "drop_connections", kwargs)
+        self.send("POST", "drop_connections", kwargs)
 
     def moderate(self, **kwargs: Any) -> None:
-        self._call("POST", "moderate", kwargs)
+        self.send("POST", "moderate", kwargs)
 
     def slow_down(self, seconds: float, **kwargs: Any) -> None:
-        self._call("POST", "slow_down", {"seconds": seconds, **kwargs})
+        self.send("POST", "slow_down", {"seconds": seconds, **kwargs})
 
     def fail_downloads(self, status: int, **kwargs: Any) -> None:
-        self._call("POST", "fail_downloads", {"status": status, **kwargs})
+        self.send("POST", "fail_downloads", {"status": status, **kwargs})
 
     def expire_urls(self) -> None:
-        self._call("POST", "expire_urls")
+        self.send("POST", "expire_urls")
 
     def reset(self) -> None:
-        self._call("POST", "reset")
+        self.send("POST", "reset")
 
 
 def busiest_second(starts: list[float]) -> int:

@@ -309,6 +309,12 @@ class GrokSimulator:
             self._prompt_calls.clear()
 
     @property
+    def in_flight(self) -> int:
+        """Generations being answered right now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
     def generation_calls(self) -> list[RecordedCall]:
         return [c for c in self.calls if c.method == "POST" and c.path.endswith("/images/generations")]
 

@@ -27,24 +27,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_grok import exceptions
 from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError, GrokResponseError
 
-# Error types an event may name: an explicit map, never a name looked up in a module.
+# Error types an event may name: an explicit map built once from exceptions.py (every GrokError it defines),
+# never a name looked up in a module at the moment an event is read.
 ERROR_TYPES: dict[str, type[GrokError]] = {
     cls.__name__: cls
-    for cls in (
-        exceptions.GrokError,
-        exceptions.GrokAuthError,
-        exceptions.GrokBadRequestError,
-        exceptions.GrokNotFoundError,
-        exceptions.GrokContentFilteredError,
-        exceptions.GrokRateLimitError,
-        exceptions.GrokServerError,
-        exceptions.GrokTransportError,
-        exceptions.GrokResponseError,
-        exceptions.GrokImageDownloadError,
-        exceptions.GrokStorageError,
-        exceptions.GrokValidationError,
-        exceptions.GrokBudgetExceededError,
-    )
+    for cls in vars(exceptions).values()
+    if isinstance(cls, type) and issubclass(cls, GrokError) and cls.__module__ == exceptions.__name__
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_grok.exceptions import (
     GrokImageDownloadError,
+    GrokNotFoundError,
     GrokResponseError,
     GrokTransportError,
     GrokValidationError,
@@ -148,7 +149,7 @@ def test_an_api_redirect_is_not_followed_so_extra_headers_stay_home(xai_sim, mak
     with GrokSimulator() as elsewhere:
         xai_sim.misbehave("redirect", location=f"{elsewhere.base_url}/v1/images/generations")
         conn = make_conn(xai_sim, extra_headers={"X-Team-Token": "team-secret"}, max_retries=0)
-        with pytest.raises(Exception) as err:
+        with pytest.raises(GrokNotFoundError) as err:
             GrokHook(conn).generate_images("x")
         assert elsewhere.calls == []  # nothing, and above all no header, reached the other origin
     assert "redirected (HTTP 307)" in str(err.value) and "not followed" in str(err.value)
@@ -193,7 +194,7 @@ def test_control_api_takes_hostile_faults(xai_sim):
     from airflow_provider_grok.testing import SimulatorControl
 
     control = SimulatorControl(xai_sim.base_url)
-    control._call("POST", "misbehave", {"kind": "echo_key"})
+    control.send("POST", "misbehave", {"kind": "echo_key"})
     body = json.loads(
         __import__("requests")
         .post(

@@ -58,6 +58,17 @@ def start_worker(sim: GrokSimulator, s3, try_number: int) -> subprocess.Popen:
     )
 
 
+def finish(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
+    """Wait for a worker with a deadline, its stderr drained (a full pipe cannot block it); kill it if late."""
+    try:
+        _, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate(timeout=30)
+        raise AssertionError(f"the worker did not finish in {seconds:.0f} s:\n{err[-3000:]}") from None
+    return process.returncode, err
+
+
 def images(s3) -> dict[str, bytes]:
     return {k: s3.get(k) for k in s3.object_keys("kill/") if k.endswith(".jpg")}
 
@@ -66,16 +77,18 @@ def images(s3) -> dict[str, bytes]:
 def test_sigkill_mid_batch_then_retry_pays_only_for_what_was_not_stored(s3, stored_before_kill):
     with GrokSimulator(latency=0.6) as sim:
         first = start_worker(sim, s3, 1)
-        wait_for(lambda: len(images(s3)) >= stored_before_kill)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        try:
+            wait_for(lambda: len(images(s3)) >= stored_before_kill)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            finish(first, 30)
         kept = images(s3)  # what the killed try had stored, byte for byte
-        wait_for(lambda: sim._in_flight == 0)  # the gateway finishes (and bills) what was in flight
+        wait_for(lambda: sim.in_flight == 0)  # the gateway finishes (and bills) what was in flight
         billed_by_first = sim.billing()["requests_billed"]
         in_flight_at_kill = billed_by_first - len({k.split("/")[1].split("-")[0] for k in kept})
 
-        second = start_worker(sim, s3, 2)
-        assert second.wait(timeout=120) == 0, second.stderr.read() if second.stderr else ""
+        code, err = finish(start_worker(sim, s3, 2), 120)
+        assert code == 0, err[-3000:]
         billing = sim.billing()
 
     assert s3.object_keys("kill/") == sorted([f"kill/{i}-0.jpg" for i in range(PROMPTS)] + ["kill/manifest.json"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_grok.exceptions import GrokIncompleteError
 from airflow_provider_grok.operators.grok import GrokGenerateImagesOperator
 from airflow_provider_grok.testing import GrokSimulator
 from airflow_provider_grok.testing.context import TaskContext as RuntimeContext
@@ -56,7 +57,7 @@ def test_kill_before_work_starts_still_stops_it(s3, monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", sim.connection_json())
         op = GrokGenerateImagesOperator(task_id="gen", prompt=["a", "b"], s3_bucket=s3.bucket, s3_key_prefix="early")
         op.on_kill()  # e.g. SIGTERM while the task was still reading its connections
-        with pytest.raises(Exception, match="prompts are incomplete"):
+        with pytest.raises(GrokIncompleteError, match="prompts are incomplete"):
             op.execute(RuntimeContext())
     assert sim.generation_calls == []
 
@@ -77,7 +78,7 @@ def run_provider_process(sim_ready: Path, s3, prompts: int) -> dict:
     command = [sys.executable, str(CONTENDERS), "provider", "--api", info["base_url"], "--key", key, "--s3",
                s3.endpoint, "--bucket", s3.bucket, "--prompts", str(prompts), "--n", "4", "--resolution", "2k",
                "--concurrency", "4"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=240).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT="))
     result = json.loads(line.removeprefix("RESULT="))
     result["stored_mb"] = result["stored_bytes"] / 1e6
@@ -93,7 +94,9 @@ def test_memory_stays_bounded_for_40_prompts_of_four_2k_images(s3, tmp_path):
     """
     ready = tmp_path / "sim.json"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_grok.testing", "--prewarm", "2k", "--ready-file", str(ready)]
+        [sys.executable, "-m", "airflow_provider_grok.testing", "--prewarm", "2k", "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until("the simulator", ready.exists, 60)
@@ -101,7 +104,11 @@ def test_memory_stays_bounded_for_40_prompts_of_four_2k_images(s3, tmp_path):
         eighty = run_provider_process(ready, s3, 80)
     finally:
         sim.terminate()
-        sim.wait(timeout=10)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(timeout=10)
     print(
         f"peak RSS: 40 prompts {forty['peak_rss_mb']:.0f} MB ({forty['stored_mb']:.0f} MB stored), "
         f"80 prompts {eighty['peak_rss_mb']:.0f} MB ({eighty['stored_mb']:.0f} MB stored)"

@@ -156,7 +156,7 @@ def test_another_process_reads_the_call_log_and_injects_faults_over_http(tmp_pat
             "requests_billed": 1, "images_billed": 3, "cost_in_usd_ticks": 600_000_000, "cost_usd": 0.06
         }  # fmt: skip
         with pytest.raises(urllib.error.HTTPError) as refused:
-            sim._call("POST", "latency", {"seconds": "slow"})
+            sim.send("POST", "latency", {"seconds": "slow"})
         assert refused.value.code == 400
         sim.reset()
         assert sim.calls() == []
