@@ -36,6 +36,8 @@ class GrokError(Exception):
         # Set by the hook when a split request (n > 10) failed after some sub-requests had already
         # produced (and been billed for) images, so the caller can still store them.
         self.partial_result: Any = None
+        # Attempts of the failed request whose answer never arrived, before its last one (may be billed).
+        self.unanswered_attempts = 0
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only arguments break default exception pickling (used when errors cross processes).

@@ -106,6 +106,7 @@ class RequestLedger:
         request.model = result.model or default_model
         request.usage = result.usage
         request.request_ids = list(result.request_ids)
+        request.unanswered_attempts = result.unanswered_attempts
         request.revised_prompts = [image.revised_prompt for image in result.images[: request.count]]
         self._write(request)
 
@@ -172,6 +173,7 @@ class RequestLedger:
         request.state = FAILED
         request.error = f"{type(err).__name__}: {err.message}"
         request.maybe_billed = isinstance(err, GrokTransportError)
+        request.unanswered_attempts = err.unanswered_attempts
         request.request_ids = [err.request_id] if err.request_id else []
         self._write(request)
 

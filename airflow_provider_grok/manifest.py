@@ -174,6 +174,8 @@ class RequestRecord:
         or by the trigger).
     :param state: ``sent``, ``answered``, ``stored``, ``filtered`` or ``failed`` (see the module doc).
     :param maybe_billed: for ``failed``: the request may still have been billed (no HTTP answer, e.g. a timeout).
+    :param unanswered_attempts: the hook's earlier attempts of this request whose answer never arrived (a
+        timeout after sending, a connection dropped mid-answer): each may have been billed too.
     """
 
     id: str
@@ -193,6 +195,7 @@ class RequestRecord:
     not_stored: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     maybe_billed: bool = False
+    unanswered_attempts: int = 0
 
     @property
     def billed(self) -> bool | None:
@@ -298,8 +301,9 @@ def cost_summary(requests: Iterable[RequestRecord], try_number: int, images_stor
     What the task instance paid, all tries together and this try alone.
 
     ``usd`` is None ("unknown") when a billed request reported no usage; requests that were sent but whose
-    answer was never seen (in flight at a crash) are counted in ``requests_unanswered``: they may have been
-    billed, and their cost is not in ``usd``.
+    answer was never seen (in flight at a crash) are counted in ``requests_unanswered``, and the hook's
+    retried attempts whose answer never arrived in ``attempts_unanswered``: they may have been billed, and
+    their cost is not in ``usd``. So what the gateway billed is at most ``usd`` plus the worst case of those.
     """
 
     def tally(items: Sequence[RequestRecord]) -> dict[str, Any]:
@@ -309,6 +313,7 @@ def cost_summary(requests: Iterable[RequestRecord], try_number: int, images_stor
             "requests": len(items),
             "requests_billed": len(billed),
             "requests_unanswered": sum(1 for r in items if r.billed is None),
+            "attempts_unanswered": sum(r.unanswered_attempts for r in items),
             "requests_without_usage": sum(1 for t in ticks if t is None),
             "images_returned": sum(r.returned or 0 for r in billed),
             "usd": None if any(t is None for t in ticks) else _usd(sum(t for t in ticks if t is not None)),
@@ -334,4 +339,6 @@ def describe_cost(cost: Mapping[str, Any]) -> str:
     text = "unknown" if cost["usd"] is None else f"${cost['usd']:.4f}"
     if cost["requests_unanswered"]:
         text += f" + {cost['requests_unanswered']} unanswered requests (may have been billed)"
+    if cost.get("attempts_unanswered"):
+        text += f" + {cost['attempts_unanswered']} retried attempts that got no answer (may have been billed)"
     return text

@@ -451,6 +451,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             "cost_usd": cost["usd"],
             "requests": cost["requests"],
             "requests_unanswered": cost["requests_unanswered"],
+            "attempts_unanswered": cost["attempts_unanswered"],
         }
         for outlet in self.outlets or []:
             if isinstance(outlet, AssetAlias):

@@ -87,8 +87,9 @@ def _usd(cost: Mapping[str, Any] | None) -> str:
     if not cost:
         return "unknown"
     text = "unknown" if cost.get("usd") is None else f"${cost['usd']:.4f}"
-    if cost.get("requests_unanswered"):
-        text += f" + {cost['requests_unanswered']} unanswered"
+    unanswered = (cost.get("requests_unanswered") or 0) + (cost.get("attempts_unanswered") or 0)
+    if unanswered:
+        text += f" + {unanswered} unanswered"
     return text
 
 
@@ -105,7 +106,8 @@ def _status_line(manifest: Mapping[str, Any]) -> str:
         f"<span><b>{failed}</b> prompts failed</span>",
         f"<span data-cost-try>cost this try <b>{_usd(cost.get('this_try'))}</b></span>",
         f"<span data-cost-all>all tries <b>{_usd(cost)}</b></span>",
-        f"<span><b>{cost.get('requests_unanswered', 0)}</b> requests unanswered</span>",
+        f"<span><b>{cost.get('requests_unanswered', 0)}</b> requests and "
+        f"<b>{cost.get('attempts_unanswered', 0)}</b> retried attempts unanswered</span>",
     ]
     return '<div class="status">' + "".join(parts) + "</div>"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 from airflow_provider_grok.exceptions import (
@@ -96,6 +96,7 @@ class _Attempts:
         self.rng = rng
         self.secret = secret
         self.retries = 0
+        self.unanswered = 0  # attempts retried after no answer arrived: each may have been billed
 
     @property
     def attempts(self) -> int:
@@ -152,8 +153,15 @@ class ApiCall(_Attempts):
         )
 
     def received(self, status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Retry | Done[Any]:
-        if 200 <= status < 300:
-            return Done(self.answer(headers, body))
+        try:
+            if 200 <= status < 300:
+                return Done(self.answer(headers, body))
+            return self._after_error(status, headers, body, now=now)
+        except GrokError as err:
+            err.unanswered_attempts = self.unanswered
+            raise
+
+    def _after_error(self, status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Retry:
         if 300 <= status < 400:
             location = redact(header(headers, "location") or "another address", self.secret)
             raise GrokNotFoundError(
@@ -182,7 +190,16 @@ class ApiCall(_Attempts):
 
     def failed(self, fault: Fault, detail: str, *, now: float) -> Retry:
         """No answer came: retried per the policy while that can help, else the final :class:`GrokError`."""
-        detail = redact(detail, self.secret)
+        try:
+            step = self._after_fault(fault, redact(detail, self.secret), now=now)
+        except GrokError as err:
+            err.unanswered_attempts = self.unanswered
+            raise
+        if fault in ("no_answer", "deadline"):
+            self.unanswered += 1
+        return step
+
+    def _after_fault(self, fault: Fault, detail: str, *, now: float) -> Retry:
         if fault == "too_large":
             raise GrokResponseError(
                 f"{self.what}: the answer is larger than the {self.max_response_bytes}-byte limit (ten 2k images "
@@ -244,12 +261,13 @@ class GenerationCall(ApiCall):
         except ValueError:
             payload = body[:200].decode("utf-8", "replace")
         assert self.body is not None
-        return parse_generation_response(
+        result = parse_generation_response(
             payload,
             requested=self.body["n"],
             request_id=request_id_from_headers(headers, self.secret),
             secret=self.secret,
         )
+        return replace(result, unanswered_attempts=self.unanswered) if self.unanswered else result
 
 
 class ImageBytes(bytes):

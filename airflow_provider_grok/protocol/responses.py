@@ -33,6 +33,8 @@ class ImageGenerationResult:
     The outcome of one ``generate_images`` call.
 
     ``requested`` is the ``n`` asked for; moderation may return fewer ``images`` (still billed).
+    ``unanswered_attempts``: attempts before the one that answered whose answer never arrived (a timeout, a
+    connection dropped mid-answer); the gateway may have billed each of them.
     """
 
     created: int | None
@@ -43,6 +45,7 @@ class ImageGenerationResult:
     request_ids: list[str] = field(default_factory=list)
     malformed: int = 0
     extra_returned: int = 0
+    unanswered_attempts: int = 0
 
     @property
     def filtered_count(self) -> int:
@@ -133,6 +136,7 @@ def merge_results(parts: Sequence[ImageGenerationResult], *, model: str | None =
         request_ids=[rid for p in parts for rid in p.request_ids],
         malformed=sum(p.malformed for p in parts),
         extra_returned=sum(p.extra_returned for p in parts),
+        unanswered_attempts=sum(p.unanswered_attempts for p in parts),
     )
 
 

@@ -159,6 +159,7 @@ class CostCap:
 
     def _account(self, request: RequestRecord) -> None:
         billed = request.billed
+        self.uncertain_images += request.count * request.unanswered_attempts  # the hook's unanswered retries
         if billed is False:
             return  # refused before generating: not billed
         if billed is None or request.state == FILTERED:

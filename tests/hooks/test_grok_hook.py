@@ -24,6 +24,7 @@ from airflow_provider_grok.exceptions import (
 )
 from airflow_provider_grok.hooks.grok import GrokHook
 from airflow_provider_grok.testing import GrokSimulator
+from tests.support import wait_until
 
 MODEL = {"xai": "grok-imagine-image", "openai": "grok-imagine"}
 BASE_FORMS = ["", "/", "/v1", "/v1/"]
@@ -475,3 +476,21 @@ def test_operator_generation_fields_are_the_hooks_options():
 
     # The operator lists them literally to stay import-light at DAG parse time; they must not drift.
     assert set(GENERATION_FIELDS) == set(GenerationOptions.__annotations__)
+
+
+def test_an_attempt_whose_answer_never_arrived_is_counted(xai_sim, make_conn):
+    # The gateway generates (and bills) the first attempt, but its answer comes after the client gave up.
+    hook = hook_for(make_conn, xai_sim, extra={"timeout": 1, "max_retries": 1})
+    xai_sim.slow_down(2.5, times=1)
+    result = hook.generate_images("slow")
+    assert result.unanswered_attempts == 1
+    wait_until("the abandoned attempt to finish", lambda: xai_sim.in_flight == 0, 10)
+    assert xai_sim.billing()["requests_billed"] == 2  # both attempts were billed: the count says so
+
+
+def test_a_failure_carries_its_unanswered_attempts(xai_sim, make_conn):
+    hook = hook_for(make_conn, xai_sim, extra={"timeout": 1, "max_retries": 2})
+    xai_sim.slow_down(1.5, times=None)
+    with pytest.raises(GrokTransportError) as err:
+        hook.generate_images("never")
+    assert err.value.unanswered_attempts == 2  # the last one is the request's own "may have been billed"

@@ -11,6 +11,7 @@ import pytest
 from airflow_provider_grok.testing import GrokSimulator
 from tests.operators.test_edit_operator import put_png
 from tests.operators.test_grok_operator import assert_objects_match_manifest, dag_source
+from tests.support import wait_until
 
 PROMPTS = [f"cap prompt {i}" for i in range(8)]
 
@@ -107,3 +108,20 @@ def test_the_edit_operator_takes_the_same_cap(grok_simulator, s3, dag_runner):
     # Each edit bills its input and its output: $0.04. Two fit in $0.10; a third would make $0.12.
     assert len(grok_simulator.edits) == 2 and billed(grok_simulator) == pytest.approx(0.08)
     assert s3.manifest("editcap")["summary"]["images_stored"] == 2
+
+
+def test_the_manifest_counts_a_retried_attempt_that_got_no_answer(grok_simulator, s3, dag_runner, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GROK_DEFAULT", grok_simulator.connection_json(timeout=1, max_retries=1))
+    grok_simulator.slow_down(2.5, times=1)  # billed by the gateway, abandoned by the client, then retried
+    source = dag_source(
+        f'GrokGenerateImagesOperator(task_id="gen", prompt="a slow lighthouse", s3_bucket="{s3.bucket}", '
+        's3_key_prefix="attempts")'
+    )
+    assert dag_runner.run(source).state == "success"
+    wait_until("the abandoned attempt to finish", lambda: grok_simulator.in_flight == 0, 10)
+
+    cost = s3.manifest("attempts")["cost"]
+    assert cost["attempts_unanswered"] == 1 and cost["requests_unanswered"] == 0
+    assert cost["usd"] == pytest.approx(0.02)
+    # What the gateway billed is within what the manifest admits: known cost + every unanswered attempt.
+    assert billed(grok_simulator) == pytest.approx(cost["usd"] + 0.02 * cost["attempts_unanswered"])

@@ -116,3 +116,11 @@ def test_the_trigger_goes_on_with_the_cap_the_worker_folded() -> None:
     assert again.to_json() == cap.to_json()
     assert (again.cap_ticks, again.spent_ticks, again.uncertain_images) == (25 * 10**9, 4 * CENT, 1)
     assert CostCap.from_json(None).cap_ticks is None
+
+
+def test_the_hooks_unanswered_retries_count_at_the_worst_price() -> None:
+    cap = CostCap(0.10)
+    cap.admit(1)
+    cap.settle(request(1, ticks=2 * CENT, unanswered_attempts=2))  # answered on the third attempt
+    assert cap.spent_ticks == 2 * CENT and cap.uncertain_images == 2
+    assert [cap.admit(1) for _ in range(3)] == [Admission.SEND, Admission.SEND, Admission.WAIT]
