@@ -92,8 +92,24 @@ class RequestLedger:
     def _write(self, request: RequestRecord) -> None:
         self.store.put_json(receipt_key(self.store.prefix, request.id), request.receipt(self.identity))
 
+    def _note(self, request: RequestRecord) -> None:
+        """A receipt written after the request was paid: if S3 refuses it, go on (the images carry a record)."""
+        try:
+            self._write(request)
+        except GrokStorageError as err:
+            self.log.warning(
+                "Prompt %d: the receipt of request %s (%s) could not be written: %s",
+                request.prompt_index,
+                request.id,
+                request.state,
+                err.message,
+            )
+
     def sent(self, job: Job) -> RequestRecord:
-        """Record the intent before the request goes out (a crash after this may have been billed)."""
+        """
+        Record the intent before the request goes out (a crash after this may have been billed). If S3 refuses
+        the receipt, the GrokStorageError is raised and the request must not be sent.
+        """
         request = job.record(self.identity.try_number)
         self._write(request)
         return request
@@ -108,7 +124,7 @@ class RequestLedger:
         request.request_ids = list(result.request_ids)
         request.unanswered_attempts = result.unanswered_attempts
         request.revised_prompts = [image.revised_prompt for image in result.images[: request.count]]
-        self._write(request)
+        self._note(request)
 
     def store_answer(self, request: RequestRecord, result: ImageGenerationResult, prompt: str) -> None:
         """Fetch, verify and upload each image (one in memory at a time), then record the request as stored."""
@@ -129,13 +145,17 @@ class RequestLedger:
                 request.images.append(self._store_image(request, image, index, prompt))
             except (GrokImageDownloadError, GrokStorageError) as err:
                 self.log.error(
-                    "Prompt %d: image %d was generated but not stored: %s", request.prompt_index, index, err.message
+                    "Prompt %d: image %d was generated (paid) but not stored%s: %s",
+                    request.prompt_index,
+                    index,
+                    f"; its temporary URL, while it lasts: {image.url}" if image.url else "",
+                    err.message,
                 )
                 request.not_stored.append(
                     {"image_index": index, "url": image.url, "error": err.message, "status": err.status}
                 )
         request.state = STORED
-        self._write(request)
+        self._note(request)
 
     def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> StoredImage:
         data = self.fetch_image(image)
@@ -166,7 +186,7 @@ class RequestLedger:
         request.filtered = request.count
         request.request_ids = [err.request_id] if err.request_id else []
         request.error = err.message
-        self._write(request)
+        self._note(request)
 
     def failed(self, request: RequestRecord, err: GrokError) -> None:
         """The request failed after its retries. Without an HTTP answer it may still have been billed."""
@@ -175,7 +195,7 @@ class RequestLedger:
         request.maybe_billed = isinstance(err, GrokTransportError)
         request.unanswered_attempts = err.unanswered_attempts
         request.request_ids = [err.request_id] if err.request_id else []
-        self._write(request)
+        self._note(request)
 
 
 def job_from_json(data: Mapping[str, Any]) -> tuple[Job, GenerationParams | EditParams]:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_provider_grok.exceptions import GrokStorageError
 from airflow_provider_grok.manifest import GENERATOR, MANIFEST_NAME, MANIFEST_VERSION
 
 READ_WORKERS = 16  # parallel GETs/HEADs when a retry reads what an earlier try left
+# A paid image that S3 refuses is kept and tried again this long (seconds) before it is reported not stored.
+DEFAULT_S3_OUTAGE_SECONDS = 60.0
 
 # put_object arguments a user may add through s3_extra_args. The provider sets Bucket, Key, Body,
 # ContentType, Metadata and the checksum itself; anything else would fail only after money was spent.
@@ -64,6 +68,22 @@ def _error_code(err: Exception) -> str:
     return str(err.response.get("Error", {}).get("Code", "")) if isinstance(err, ClientError) else ""
 
 
+# Throttling (503 SlowDown) and brief faults: botocore's standard retries, exponential backoff with jitter,
+# unless the AWS connection configures retries itself (config_kwargs: {"retries": ...}).
+DEFAULT_RETRIES = {"mode": "standard", "max_attempts": 8}
+
+
+def retrying_config(config: Config) -> Config:
+    return config if config.retries else config.merge(Config(retries=DEFAULT_RETRIES))
+
+
+def outage_seconds() -> float:
+    """How long a paid image waits in memory for S3 to accept it again (``[grok] s3_outage_seconds``)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getfloat("grok", "s3_outage_seconds", fallback=DEFAULT_S3_OUTAGE_SECONDS)
+
+
 class S3ImageStore:
     """
     Reads and writes one task instance's images and manifest through the amazon provider's S3Hook,
@@ -75,7 +95,8 @@ class S3ImageStore:
         self.bucket = bucket
         self.prefix = prefix
         self.extra_args = dict(extra_args)
-        self.client = self.hook.get_conn()  # boto3 clients are thread-safe; one for all workers
+        self.client = self.hook.get_client_type(config=retrying_config(self.hook.config))  # thread-safe: one for all
+        self.outage_seconds = outage_seconds()
 
     @property
     def manifest_key(self) -> str:
@@ -140,8 +161,25 @@ class S3ImageStore:
     def put_image(
         self, key: str, data: bytes, content_type: str, metadata: Mapping[str, Any], *, digest: Any = None
     ) -> str:
-        """Upload with a SHA-256 that S3 verifies on receipt; return the hex digest."""
-        return self._put(key, data, content_type, metadata, digest)
+        """
+        Upload a paid-for image with a SHA-256 that S3 verifies on receipt; return the hex digest.
+
+        Throttling and brief faults are botocore's to retry (:data:`DEFAULT_RETRIES`, or the AWS connection's
+        own retry config). When S3 still refuses (credentials expired, a policy change, the endpoint
+        gone), the image is kept in memory and tried again with growing pauses for ``[grok]
+        s3_outage_seconds`` (default 60) before the GrokStorageError is raised: it was paid for.
+        """
+        deadline = time.monotonic() + self.outage_seconds
+        pause = 1.0
+        while True:
+            try:
+                return self._put(key, data, content_type, metadata, digest)
+            except GrokStorageError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(pause, left))  # the last try is at the deadline itself
+                pause = min(pause * 2, 10.0)
 
     def _put(self, key: str, data: bytes, content_type: str, metadata: Mapping[str, Any], digest: Any = None) -> str:
         digest = digest or hashlib.sha256(data)

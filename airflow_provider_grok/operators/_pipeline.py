@@ -28,6 +28,7 @@ from airflow_provider_grok.exceptions import (
     GrokError,
     GrokIncompleteError,
     GrokPrefixInUseError,
+    GrokStorageError,
 )
 from airflow_provider_grok.hooks.grok import GrokHook, log_label
 from airflow_provider_grok.ledger import Job, RequestLedger, write_plan
@@ -115,6 +116,7 @@ class GenerationPipeline:
         self._execution = uuid.uuid4().hex[:6]
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._storage_refused: GrokStorageError | None = None  # S3 refused a receipt: nothing more is sent
         self._in_flight: dict[int, int] = {}
         self._store_pool: ThreadPoolExecutor | None = None
         self._store_futures: list[Future[None]] = []
@@ -322,6 +324,9 @@ class GenerationPipeline:
 
     def _run_job(self, job: Job) -> None:
         record = self.records[job.prompt_index]
+        if self._storage_refused is not None:
+            self._record_error(record, f"not generated: S3 refused writes ({self._storage_refused.message})")
+            return
         if self._stop.is_set():
             self._record_error(record, "not attempted: the task was stopped or an earlier error made it pointless")
             return
@@ -331,8 +336,13 @@ class GenerationPipeline:
         with self._lock:
             self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
         try:
-            # Outside the error handling below: if the intent cannot be recorded, nothing is sent.
-            request = self.ledger.sent(job)
+            # If the intent cannot be recorded, nothing is sent: S3 refusing writes stops every request.
+            try:
+                request = self.ledger.sent(job)
+            except GrokStorageError as err:
+                self._refuse_further_requests(err)
+                self._record_error(record, f"not generated: S3 refused its receipt ({err.message})")
+                return
             self._track(request)
             params = self.job_params(job)
             try:
@@ -357,6 +367,16 @@ class GenerationPipeline:
         finally:
             with self._lock:
                 self._in_flight[job.prompt_index] -= 1
+
+    def _refuse_further_requests(self, err: GrokStorageError) -> None:
+        with self._lock:
+            first, self._storage_refused = self._storage_refused is None, self._storage_refused or err
+        if first:
+            self.log.error(
+                "S3 refuses writes (%s): no further generation request is sent, since its receipt cannot be "
+                "written. Answers already paid for are still stored while S3 allows it.",
+                err.message,
+            )
 
     def _admitted(self, job: Job) -> bool:
         """Wait until the money cap admits ``job`` (True) or stops sending (False)."""
@@ -476,7 +496,10 @@ class GenerationPipeline:
             settle_status(record, allow_partial=self.allow_partial)
         statuses = {r.status for r in self.records}
         status = "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
-        manifest = self.compact(self.manifest(status))
+        try:
+            manifest = self.compact(self.manifest(status))
+        except GrokStorageError as err:
+            raise self.unrecorded(err) from None
         images = sorted((i for r in self.records for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
         cost = manifest["cost"]
         self.log.info(
@@ -509,6 +532,28 @@ class GenerationPipeline:
                 "what is missing.\n  " + "\n  ".join(lines)
             )
         return xcom, manifest
+
+    def unrecorded(self, err: GrokStorageError) -> GrokStorageError:
+        """
+        The error when S3 would not take the final manifest: every image paid for but not stored (with its
+        temporary URL, while it lasts), what was stored, and how to recover.
+        """
+        lost = [
+            f"prompt {r.prompt_index} image {n['image_index']}" + (f" ({n['url']})" if n.get("url") else "")
+            for r in self.records
+            for n in r.not_stored
+        ]
+        stored = sum(len(r.images) for r in self.records)
+        missing = [r.prompt_index for r in self.records if r.missing]
+        return GrokStorageError(
+            f"S3 refused writes and the manifest {self.store.uri(self.store.manifest_key)} could not be written: "
+            f"{err.message} {stored} images are stored (each carries its own record in its metadata). "
+            + (f"Paid for but not stored: {'; '.join(lost[:50])}. " if lost else "")
+            + (f"Prompts still missing images: {missing[:50]}. " if missing else "")
+            + "To recover: restore write access to the bucket (credentials, bucket policy, endpoint) and retry "
+            "the task: it adopts every stored image from its metadata and generates only what is missing.",
+            status=err.status,
+        )
 
     def budget_exceeded(self, stored: int) -> GrokBudgetExceededError:
         """The error that ends a task the money cap stopped: the cap, the spend, what was not generated."""

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_grok import exceptions
-from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError, GrokResponseError
+from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError, GrokResponseError, GrokStorageError
 
 # Error types an event may name: an explicit map built once from exceptions.py (every GrokError it defines),
 # never a name looked up in a module at the moment an event is read.
@@ -247,7 +247,13 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                     if decision is Admission.STOP:
                         capped.append(job)  # not sent: the worker names it in GrokBudgetExceededError
                         return False
-                    request = await asyncio.to_thread(ledger.sent, job)
+                    try:
+                        request = await asyncio.to_thread(ledger.sent, job)
+                    except GrokStorageError as err:  # no receipt, no request: S3 refusing writes stops the batch
+                        if not fatal:
+                            self.log.error("S3 refuses writes (%s): no further generation request is sent.", err)
+                        fatal.append(err)
+                        return False
                     try:
                         with log_label(f"Prompt {job.prompt_index}"):
                             result = await hook.generate(params)
