@@ -10,6 +10,7 @@ run ``python -m airflow_provider_grok.testing`` from a shell and drive it from a
 from __future__ import annotations
 
 from airflow_provider_grok.testing.control import SimulatorControl, busiest_second
+from airflow_provider_grok.testing.s3_faults import S3FaultProxy
 from airflow_provider_grok.testing.simulator import DEFAULT_API_KEY, GrokSimulator, RecordedCall
 
-__all__ = ["DEFAULT_API_KEY", "GrokSimulator", "RecordedCall", "SimulatorControl", "busiest_second"]
+__all__ = ["DEFAULT_API_KEY", "GrokSimulator", "RecordedCall", "S3FaultProxy", "SimulatorControl", "busiest_second"]
