@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             "connection": sim.connection_json(),
         }
         if args.ready_file:
-            args.ready_file.write_text(json.dumps(info))
+            # Atomically: a reader polling for the file never sees it empty or half written.
+            partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+            partial.write_text(json.dumps(info))
+            partial.replace(args.ready_file)
         print(f"Grok simulator ({args.dialect}) listening on {sim.base_url}, images on {sim.image_base_url}")
         print(f"Call log, billing and faults over HTTP: {sim.base_url}/_simulator/help")
         print(f"export AIRFLOW_CONN_GROK_DEFAULT='{info['connection']}'", flush=True)
