@@ -507,6 +507,7 @@ GrokGenerateImagesOperator(
         "cost_usd": pytest.approx(0.08),
         "requests": 2,
         "requests_unanswered": 0,
+        "attempts_unanswered": 0,
     }
     # Airflow normalises the URI (no trailing slash); one event from the Asset, one through the alias.
     events = result.asset_events(f"s3://{s3.bucket}/assets")
