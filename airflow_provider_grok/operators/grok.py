@@ -288,7 +288,6 @@ class GrokGenerateImagesOperator(BaseOperator):
         context["ti"].xcom_push(
             key=LOCATION_XCOM_KEY, value={"bucket": bucket, "prefix": prefix, "aws_conn_id": self.aws_conn_id}
         )
-        self._persist_images_link(context)  # also for a try that fails: its images are worth seeing most
         pipeline = GenerationPipeline(
             plan=plan,
             hook=hook,
@@ -392,7 +391,8 @@ class GrokGenerateImagesOperator(BaseOperator):
         return self.finish(context, pipeline)
 
     def finish(self, context: Context, pipeline: GenerationPipeline) -> list[dict[str, Any]] | dict[str, Any]:
-        """Final manifest and asset events; then the XCom (or the summary error)."""
+        """Final manifest, UI link and asset events; then the XCom (or the summary error)."""
+        self._persist_manifest_link(context, pipeline)
         xcom, manifest = pipeline.finish()
         self._emit_asset_events(context, pipeline, manifest)
         if len(xcom) > self.max_xcom_images:
@@ -422,7 +422,7 @@ class GrokGenerateImagesOperator(BaseOperator):
 
     # --- Airflow integration: link, assets, lineage ---
 
-    def _persist_images_link(self, context: Context) -> None:
+    def _persist_manifest_link(self, context: Context, pipeline: GenerationPipeline) -> None:
         from urllib.parse import urlsplit
 
         from airflow.sdk.configuration import conf
