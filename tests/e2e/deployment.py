@@ -145,7 +145,9 @@ class Deployment:
         )
         assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
         self.spawn("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.api_port)])
-        self.spawn("scheduler", [AIRFLOW, "scheduler"])
+        # Airflow's log servers bind every interface (serve_logs has no host setting): off, so that every server
+        # of the suite listens on loopback only. The api-server reads the task logs from the shared folder.
+        self.spawn("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"])
         self.spawn("dag-processor", [AIRFLOW, "dag-processor"])
         self.start_triggerer()
         for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
@@ -175,7 +177,7 @@ class Deployment:
         self.spawn(name, [*command, "--celery-hostname", f"{name}@127.0.0.1"], env=env)
 
     def start_triggerer(self) -> None:
-        self.spawn("triggerer", [AIRFLOW, "triggerer"])
+        self.spawn("triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"])
 
     def stop(self) -> None:
         import psutil
