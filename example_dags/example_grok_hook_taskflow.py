@@ -29,8 +29,8 @@ with DAG(
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from airflow_provider_grok.hooks.grok import GrokHook
-        from airflow_provider_grok.manifest import safe_key_part
         from airflow_provider_grok.protocol import sniff_image_type
+        from airflow_provider_grok.record.keys import safe_key_part
 
         hook = GrokHook(grok_conn_id="grok_default")
         result = hook.generate_images(

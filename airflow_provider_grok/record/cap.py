@@ -36,7 +36,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_grok.manifest import FILTERED, USD_TICKS, RequestRecord
+from airflow_provider_grok.record.cost import USD_TICKS
+from airflow_provider_grok.record.records import FILTERED, RequestRecord
 
 # How long a driver sleeps before asking again after Admission.WAIT (requests take seconds).
 WAIT_SECONDS = 0.05

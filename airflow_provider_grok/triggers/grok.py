@@ -1,7 +1,7 @@
 """GrokGenerateImagesTrigger: a deferred task's requests, awaited, stored and recorded in the triggerer.
 
 The trigger runs the same durable sequence as the worker for each request (receipt ``sent``, request,
-receipt ``answered``, images to S3, receipt ``stored``; see ``operators/_pipeline.py``). Hence:
+receipt ``answered``, images to S3, receipt ``stored``; see ``record/sequence.py``). Hence:
 
 - a triggerer restarted mid-batch (upgrade, crash) runs the trigger again from its kwargs, reads the
   receipts and skips every request whose answer had arrived: only the requests in flight at the restart
@@ -10,7 +10,7 @@ receipt ``answered``, images to S3, receipt ``stored``; see ``operators/_pipelin
 - the event is a few counts whatever the batch size: never images, URLs or the key.
 
 Generation waits on the async hook. S3 calls and downloads are short and run in threads
-(``asyncio.to_thread``) through the same :class:`~airflow_provider_grok.storage.S3ImageStore` and
+(``asyncio.to_thread``) through the same :class:`~airflow_provider_grok.storage.S3ImageStore` and ledger and
 ``fetch_image`` the worker uses, so the triggerer's event loop never blocks on them and the storing
 rules exist once.
 """
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_grok import exceptions
-from airflow_provider_grok.exceptions import GrokContentFilteredError, GrokError, GrokResponseError, GrokStorageError
+from airflow_provider_grok.exceptions import GrokError, GrokResponseError, GrokStorageError
 
 # Error types an event may name: an explicit map built once from exceptions.py (every GrokError it defines),
 # never a name looked up in a module at the moment an event is read.
@@ -104,8 +104,8 @@ class GrokGenerateImagesTrigger(BaseTrigger):
     :param bucket: the task instance's bucket.
     :param prefix: the task instance's key prefix.
     :param s3_extra_args: extra ``put_object`` arguments (validated by the operator).
-    :param identity: the task instance (:class:`~airflow_provider_grok.manifest.TaskIdentity` fields).
-    :param plan_key: the S3 key of the batch's plan (the requests to send, from ``ledger.write_plan``), so
+    :param identity: the task instance (:class:`~airflow_provider_grok.record.TaskIdentity` fields).
+    :param plan_key: the S3 key of the batch's plan (the requests to send, from ``storage.write_plan``), so
         these kwargs stay small in the metadata DB whatever the batch size.
     :param max_concurrency: requests in flight at once.
     :param retry_backoff: first backoff between retries, seconds.
@@ -169,47 +169,21 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         already counted against the cap.
         """
         from airflow_provider_grok.hooks.grok import GrokHook
-        from airflow_provider_grok.ledger import RequestLedger, read_plan
-        from airflow_provider_grok.manifest import RequestRecord, TaskIdentity, is_receipt_key
-        from airflow_provider_grok.storage import S3ImageStore
+        from airflow_provider_grok.record import TaskIdentity, keys, sequence
+        from airflow_provider_grok.storage import RequestLedger, S3ImageStore, read_plan
 
         store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
         downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
         ledger = RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
-        receipts = store.read_json_many(key for key in store.list_prefix() if is_receipt_key(store.prefix, key))
+        receipts = store.read_json_many(key for key in store.list_prefix() if keys.is_receipt_key(store.prefix, key))
         plan, cap = read_plan(store, self.plan_key)
-        ours = {job.id for job, _ in plan}
-        cap.fold(RequestRecord.from_json(r) for r in receipts if str(r.get("id")).split("-r", 1)[0] in ours)
+        cap.fold(sequence.receipts_of_plan(plan, receipts))
         return ledger, plan, cap, receipts
 
-    @staticmethod
-    def _still_to_send(plan: list[tuple[Any, Any]], receipts: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
-        """
-        The jobs still to send. A job with an answered receipt is done. A job whose receipts all say
-        ``sent`` was in flight when the triggerer stopped: it is sent again under a new id (``-r1``...), so
-        the first request stays on record as unanswered and may-have-been-billed instead of being overwritten.
-        """
-        from dataclasses import replace
-
-        from airflow_provider_grok.manifest import SENT
-
-        states: dict[str, list[str]] = {}
-        for receipt in receipts:
-            base = str(receipt.get("id")).split("-r", 1)[0]
-            states.setdefault(base, []).append(str(receipt.get("state")))
-        todo = []
-        for job, params in plan:
-            seen = states.get(job.id, [])
-            if any(state != SENT for state in seen):
-                continue
-            todo.append((replace(job, id=f"{job.id}-r{len(seen)}") if seen else job, params))
-        return todo
-
     async def _run(self) -> GenerationEvent:
-        from airflow_provider_grok import protocol
         from airflow_provider_grok.exceptions import GrokBudgetExceededError
         from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
-        from airflow_provider_grok.record import Admission
+        from airflow_provider_grok.record import Admission, Next, sequence
         from airflow_provider_grok.record.cap import WAIT_SECONDS
 
         ledger, plan, cap, receipts = await asyncio.to_thread(self._open)
@@ -221,7 +195,7 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         )
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
-            todo = self._still_to_send(plan, receipts)
+            todo = sequence.still_to_send(plan, receipts)
             if receipts:
                 self.log.warning(
                     "Resuming after a triggerer restart: %d of %d requests were already answered and are not "
@@ -254,23 +228,19 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                             self.log.error("S3 refuses writes (%s): no further generation request is sent.", err)
                         fatal.append(err)
                         return False
+                    outcome: Any
                     try:
                         with log_label(f"Prompt {job.prompt_index}"):
-                            result = await hook.generate(params)
-                    except GrokContentFilteredError as err:
-                        await asyncio.to_thread(ledger.filtered, request, err)
-                        settle(request)
-                        return True
+                            outcome = await hook.generate(params)
                     except GrokError as err:
-                        await asyncio.to_thread(ledger.failed, request, err)
-                        settle(request)
-                        if isinstance(err, protocol.BATCH_FATAL_ERRORS):
-                            fatal.append(err)
-                        return True
-                    await asyncio.to_thread(ledger.answered, request, result, params.model)
+                        outcome = err
+                    step = await asyncio.to_thread(ledger.concluded, request, outcome, params.model)
                     settle(request)
-                    # Stored inside the slot: at most max_concurrency answers are held in memory.
-                    await asyncio.to_thread(ledger.store_answer, request, result, params.prompt)
+                    if step is Next.STOP:
+                        fatal.append(outcome)
+                    elif step is Next.STORE:
+                        # Stored inside the slot: at most max_concurrency answers are held in memory.
+                        await asyncio.to_thread(ledger.store_answer, request, outcome, params.prompt)
                     return True
 
             sent = sum(await asyncio.gather(*(one(job, params) for job, params in todo)))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_grok.manifest import default_prefix
+from airflow_provider_grok.record.keys import default_prefix
 from airflow_provider_grok.testing import SimulatorControl, busiest_second
 from tests.e2e.checks import PRICE, check_exactly_once, explain, images, posts
 from tests.e2e.deployment import CELERY_WORKERS, ROOT, Deployment, wait_for

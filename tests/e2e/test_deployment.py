@@ -14,7 +14,7 @@ import signal
 import pytest
 import requests
 
-from airflow_provider_grok.manifest import default_prefix
+from airflow_provider_grok.record.keys import default_prefix
 from airflow_provider_grok.testing import SimulatorControl
 from tests.e2e.checks import PRICE, check_exactly_once, explain, images, posts
 from tests.e2e.deployment import Deployment, wait_for

@@ -49,7 +49,7 @@ def test_examples_import_without_errors_or_deprecation_warnings():
 
 def run_prefix(result, task_id: str) -> str:
     """The operator's default prefix for a task of ``result``'s run."""
-    from airflow_provider_grok.manifest import default_prefix
+    from airflow_provider_grok.record.keys import default_prefix
 
     return default_prefix(result.dag_id, result.run_id, task_id)
 

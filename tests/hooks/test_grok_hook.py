@@ -471,7 +471,7 @@ def test_unknown_generation_parameter_is_refused_before_sending(xai_sim, make_co
 
 
 def test_operator_generation_fields_are_the_hooks_options():
-    from airflow_provider_grok.operators.grok import GENERATION_FIELDS
+    from airflow_provider_grok.operators.generate import GENERATION_FIELDS
     from airflow_provider_grok.protocol import GenerationOptions
 
     # The operator lists them literally to stay import-light at DAG parse time; they must not drift.

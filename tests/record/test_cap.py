@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from airflow_provider_grok.manifest import ANSWERED, FAILED, FILTERED, SENT, STORED, RequestRecord
-from airflow_provider_grok.record import Admission, CostCap
+from airflow_provider_grok.record import ANSWERED, FAILED, FILTERED, SENT, STORED, Admission, CostCap, RequestRecord
 
 CENT = 10**8  # ticks: 10^10 ticks are one dollar
 _ids = itertools.count()

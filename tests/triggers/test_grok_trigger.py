@@ -20,9 +20,9 @@ IDENTITY = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1, "try_
 
 def trigger_for(conn_id: str, s3, prompts: list[str], n: int = 1, cap=None, **kwargs) -> GrokGenerateImagesTrigger:
     """A trigger as the operator builds it: a stored plan of one job per prompt, storing under ``trig/``."""
-    from airflow_provider_grok.ledger import Job, write_plan
     from airflow_provider_grok.protocol import GenerationParams
-    from airflow_provider_grok.storage import S3ImageStore
+    from airflow_provider_grok.record import Job
+    from airflow_provider_grok.storage import S3ImageStore, write_plan
 
     plan = [
         (
@@ -277,8 +277,7 @@ async def test_async_hook_registers_the_key_with_the_secrets_masker(xai_sim, mak
 
 
 async def test_the_trigger_stops_at_the_money_cap_the_worker_folded(xai_sim, make_conn, s3):
-    from airflow_provider_grok.manifest import RequestRecord
-    from airflow_provider_grok.record import CostCap
+    from airflow_provider_grok.record import CostCap, RequestRecord
 
     cap = CostCap(0.06)  # an earlier try was billed $0.02 for one image: $0.04 left, two more images
     cap.fold([RequestRecord("t1-x-s00001", 1, 0, 0, 1, "fp", state="stored", usage={"cost_in_usd_ticks": 2 * 10**8})])

@@ -1,8 +1,8 @@
 """
-Moving bytes to and from S3 for one task instance: images, request receipts and the manifest.
+Moving bytes to and from S3 for one task instance: images, request receipts, plans and the manifest.
 
-What those objects mean lives in ``manifest.py``; this module only reads, writes, lists and deletes them,
-through the amazon provider's S3Hook. Imported at run time only: it pulls in boto3.
+What those objects mean and where they live is ``record/``'s; this module only reads, writes, lists and
+deletes them, through the amazon provider's S3Hook. Imported at run time only: it pulls in boto3.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_provider_grok.exceptions import GrokStorageError
-from airflow_provider_grok.manifest import GENERATOR, MANIFEST_NAME, MANIFEST_VERSION
+from airflow_provider_grok.record.keys import manifest_key
+from airflow_provider_grok.record.records import GENERATOR
 
 READ_WORKERS = 16  # parallel GETs/HEADs when a retry reads what an earlier try left
 # A paid image that S3 refuses is kept and tried again this long (seconds) before it is reported not stored.
@@ -100,7 +101,7 @@ class S3ImageStore:
 
     @property
     def manifest_key(self) -> str:
-        return f"{self.prefix}/{MANIFEST_NAME}"
+        return manifest_key(self.prefix)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -151,9 +152,8 @@ class S3ImageStore:
         self._put(key, body, "application/json", {"generator": GENERATOR})
 
     def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest an earlier try left, or None. Also the cheap pre-flight check of bucket and access."""
-        manifest = self.read_json(self.manifest_key)
-        return manifest if manifest is not None and manifest.get("manifest_version") == MANIFEST_VERSION else None
+        """The manifest object as stored, or None. Also the cheap pre-flight check of bucket and access."""
+        return self.read_json(self.manifest_key)
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         self.put_json(self.manifest_key, manifest, indent=2)
