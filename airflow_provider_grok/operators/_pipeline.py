@@ -35,6 +35,7 @@ from airflow_provider_grok.record import (
     describe_cost,
     keys,
     report,
+    sequence,
 )
 from airflow_provider_grok.record.cap import WAIT_SECONDS
 from airflow_provider_grok.storage import RequestLedger, S3ImageStore, write_plan
@@ -203,12 +204,13 @@ class GenerationPipeline:
                     outcome = self.hook.generate(params)
             except GrokError as err:
                 outcome = err
-            step = self.ledger.concluded(request, outcome, params.model)
+            step = sequence.conclude(request, outcome, params.model)
             self._settle(request)
             if step is Next.STORE:
                 assert isinstance(outcome, ImageGenerationResult)
-                self._store_later(request, outcome)
+                self._store_later(request, outcome)  # its receipts are written there: this slot goes on
                 return None
+            self.ledger.note(request)
             self._apply(request)
             if step is Next.STOP:
                 self._stop.set()

@@ -5,7 +5,9 @@ trigger); the drivers (``storage/ledger.py`` writing, the pipeline and the trigg
 1. the receipt is written ``sent`` before the request goes out (:meth:`Job.record`): a crash from now on
    leaves a request that *may* have been billed, and the manifest says so;
 2. the answer is recorded (:func:`conclude`) and the receipt written ``answered`` with its request ids and
-   usage (what was billed), or ``filtered`` / ``failed`` when there is nothing to store;
+   usage (what was billed) before any image is fetched, or ``filtered`` / ``failed`` when there is nothing
+   to store. The worker writes it off the request's slot, so the next request need not wait for S3: until
+   it lands, the ``sent`` receipt already counts the request as possibly billed;
 3. each image is stored (:func:`images_to_store`, :func:`stored_image`), its object metadata being its own
    record: a crash now loses no stored image, a retry adopts it;
 4. the receipt is written ``stored`` (:func:`conclude_storing`).

@@ -11,12 +11,12 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from airflow_provider_grok.exceptions import GrokError, GrokImageDownloadError, GrokStorageError
+from airflow_provider_grok.exceptions import GrokImageDownloadError, GrokStorageError
 from airflow_provider_grok.protocol import GeneratedImage, ImageBytes, ImageGenerationResult
 from airflow_provider_grok.record import CostCap, RequestRecord, TaskIdentity, sequence
 from airflow_provider_grok.record.keys import image_key, plan_key, receipt_key
 from airflow_provider_grok.record.records import image_metadata
-from airflow_provider_grok.record.sequence import Job, Next, Params
+from airflow_provider_grok.record.sequence import Job, Params
 from airflow_provider_grok.storage.s3 import S3ImageStore
 
 
@@ -40,8 +40,11 @@ class RequestLedger:
     def _write(self, request: RequestRecord) -> None:
         self.store.put_json(receipt_key(self.store.prefix, request.id), request.receipt(self.identity))
 
-    def _note(self, request: RequestRecord) -> None:
-        """A receipt written after the request was paid: if S3 refuses it, go on (the images carry a record)."""
+    def note(self, request: RequestRecord) -> None:
+        """
+        Write a receipt after the request was paid (its outcome, from ``sequence.conclude``). If S3 refuses
+        it, go on: the images carry their own record, and the ``sent`` receipt already says "may be billed".
+        """
         try:
             self._write(request)
         except GrokStorageError as err:
@@ -62,16 +65,14 @@ class RequestLedger:
         self._write(request)
         return request
 
-    def concluded(
-        self, request: RequestRecord, outcome: ImageGenerationResult | GrokError, default_model: str | None
-    ) -> Next:
-        """Record the answer (or the error) before any image is fetched: what was billed is on record first."""
-        step = sequence.conclude(request, outcome, default_model)
-        self._note(request)
-        return step
-
     def store_answer(self, request: RequestRecord, result: ImageGenerationResult, prompt: str) -> None:
-        """Fetch, verify and upload each image (one in memory at a time), then record the request as stored."""
+        """
+        Write the ``answered`` receipt (what was billed) before any image is fetched; fetch, verify and upload
+        each image (one in memory at a time); then write the ``stored`` receipt. Run off the request's slot,
+        so the next request need not wait for S3: until the ``answered`` receipt lands, the ``sent`` one
+        already counts the request as possibly billed.
+        """
+        self.note(request)
         images = sequence.images_to_store(request, result)
         if len(result.images) > len(images):
             self.log.warning(
@@ -94,7 +95,7 @@ class RequestLedger:
                 )
                 sequence.not_stored(request, index, image.url, err)
         sequence.conclude_storing(request)
-        self._note(request)
+        self.note(request)
 
     def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> Any:
         data = self.fetch_image(image)

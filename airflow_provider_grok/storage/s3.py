@@ -85,6 +85,17 @@ def outage_seconds() -> float:
     return conf.getfloat("grok", "s3_outage_seconds", fallback=DEFAULT_S3_OUTAGE_SECONDS)
 
 
+class _S3Hook(S3Hook):
+    """
+    The amazon provider's S3Hook, all of it (connection, session, role, region, endpoint), except that it
+    names its caller in the User-Agent without walking the stack: its own lookup (``inspect.stack()``,
+    which reads the source of every frame) costs 0.15 s of a task's start, before any request can go out.
+    """
+
+    def _get_caller(self, target_function_name: str = "execute") -> str:
+        return "airflow-provider-grok"
+
+
 class S3ImageStore:
     """
     Reads and writes one task instance's images and manifest through the amazon provider's S3Hook,
@@ -92,7 +103,7 @@ class S3ImageStore:
     """
 
     def __init__(self, aws_conn_id: str | None, bucket: str, prefix: str, extra_args: Mapping[str, Any]) -> None:
-        self.hook = S3Hook(aws_conn_id=aws_conn_id)
+        self.hook = _S3Hook(aws_conn_id=aws_conn_id)
         self.bucket = bucket
         self.prefix = prefix
         self.extra_args = dict(extra_args)

@@ -234,13 +234,15 @@ class GrokGenerateImagesTrigger(BaseTrigger):
                             outcome = await hook.generate(params)
                     except GrokError as err:
                         outcome = err
-                    step = await asyncio.to_thread(ledger.concluded, request, outcome, params.model)
+                    step = sequence.conclude(request, outcome, params.model)
                     settle(request)
-                    if step is Next.STOP:
-                        fatal.append(outcome)
-                    elif step is Next.STORE:
+                    if step is Next.STORE:
                         # Stored inside the slot: at most max_concurrency answers are held in memory.
                         await asyncio.to_thread(ledger.store_answer, request, outcome, params.prompt)
+                        return True
+                    await asyncio.to_thread(ledger.note, request)
+                    if step is Next.STOP:
+                        fatal.append(outcome)
                     return True
 
             sent = sum(await asyncio.gather(*(one(job, params) for job, params in todo)))
