@@ -41,6 +41,26 @@ from airflow_provider_grok.record.cap import WAIT_SECONDS
 from airflow_provider_grok.storage import RequestLedger, S3ImageStore, write_plan
 
 STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
+TRIM_EVERY = 32  # stored answers between two returns of freed memory to the OS
+
+
+def _trimmer() -> Any:
+    """
+    glibc's ``malloc_trim``, or None elsewhere. Each answer passes through buffers of megabytes (the body,
+    its base64 text, the image) freed seconds later; glibc keeps such freed pages in its per-thread arenas,
+    so a 10,000-prompt task's RSS grew by ~20 KB per image with nothing alive. Trimming now and then hands
+    them back (Dask's workers do the same).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _trimmer()
 
 
 @dataclass
@@ -104,6 +124,7 @@ class GenerationPipeline:
         self._store_pool: ThreadPoolExecutor | None = None
         self._store_futures: list[Future[None]] = []
         self._store_slots = threading.BoundedSemaphore(max_concurrency)
+        self._answers_stored = 0
 
     # --- reading what earlier tries (or the trigger) left ---
 
@@ -263,7 +284,9 @@ class GenerationPipeline:
                 self._apply(request)
             finally:
                 self._store_slots.release()
-                self._log_progress()
+                stored = self._log_progress()
+                if _MALLOC_TRIM is not None and stored % TRIM_EVERY == 0:
+                    _MALLOC_TRIM(0)
 
         future = self._store_pool.submit(store)
         with self._lock:
@@ -284,12 +307,16 @@ class GenerationPipeline:
         if request.state == FAILED:
             self.log.error("Prompt %d (%d images) failed: %s", request.prompt_index, request.count, request.error)
 
-    def _log_progress(self) -> None:
+    def _log_progress(self) -> int:
+        """Log how far the batch is; return the answers stored so far."""
         with self._lock:
+            self._answers_stored += 1
             stored = sum(len(r.images) for r in self.record.prompts)
             wanted = sum(r.requested for r in self.record.prompts)
             in_flight = sum(1 for n in self._in_flight.values() if n)
+            answers = self._answers_stored
         self.log.info("%d/%d images stored, %d prompts in flight.", stored, wanted, in_flight)
+        return answers
 
     # --- the end of a try ---
 
