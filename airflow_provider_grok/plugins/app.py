@@ -87,7 +87,9 @@ class _ManifestCache:
             cached = self._items.get(where)
         if cached and cached[0] == etag:
             return cached[1]
-        manifest = store.read_manifest()
+        from airflow_provider_grok.record import current_manifest
+
+        manifest = current_manifest(store.read_manifest())  # one of another version is not shown
         if manifest is not None:
             with self._lock:
                 if len(self._items) >= self.size:
