@@ -68,30 +68,29 @@ def outcome_error(record: TaskRecord) -> GrokError | None:
     failed = [r for r in record.prompts if r.status == "failed"]
     if not failed:
         return None
-    stored = sum(len(r.images) for r in record.prompts)
     if record.cap.stopped:
         return budget_exceeded(record)
     lines = [
         f"prompt {r.prompt_index} ({r.prompt[:60]!r}): {len(r.images)}/{r.requested} stored; {r.error}" for r in failed
     ]
     return GrokIncompleteError(
-        f"{len(failed)} of {len(record.prompts)} prompts are incomplete; the {stored} images that were stored stay "
-        f"in S3 and in {manifest_uri(record)}, and a retry generates only what is missing.\n  " + "\n  ".join(lines)
+        f"{len(failed)} of {len(record.prompts)} prompts are incomplete; the {record.images_stored} images that "
+        f"were stored stay in S3 and in {manifest_uri(record)}, and a retry generates only what is missing.\n  "
+        + "\n  ".join(lines)
     )
 
 
 def budget_exceeded(record: TaskRecord) -> GrokBudgetExceededError:
     """The error that ends a task the money cap stopped: the cap, the spend, what was not generated."""
     cap = record.cap
-    stored = sum(len(r.images) for r in record.prompts)
     missing = [r for r in record.prompts if r.missing]
     names = ", ".join(f"{r.prompt_index} ({r.prompt[:40]!r}, {r.missing} images)" for r in missing[:20])
     more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
     reason = cap.unenforceable or "the next request could have passed it"
     return GrokBudgetExceededError(
         f"max_cost_usd stopped this task: {cap.describe()}; {reason}. Not generated: prompts {names}{more}. "
-        f"The {stored} images stored stay in S3 and in {manifest_uri(record)}; raise max_cost_usd and retry (or "
-        "clear) the task to generate only what is missing.",
+        f"The {record.images_stored} images stored stay in S3 and in {manifest_uri(record)}; raise max_cost_usd "
+        "and retry (or clear) the task to generate only what is missing.",
         cap_usd=cap.max_cost_usd,
         spent_usd=cap.spent_usd(),
         not_generated=[r.prompt_index for r in missing],
@@ -108,11 +107,10 @@ def unrecorded(record: TaskRecord, err: GrokStorageError) -> GrokStorageError:
         for r in record.prompts
         for n in r.not_stored
     ]
-    stored = sum(len(r.images) for r in record.prompts)
     missing = [r.prompt_index for r in record.prompts if r.missing]
     return GrokStorageError(
-        f"S3 refused writes and the manifest {manifest_uri(record)} could not be written: {err.message} {stored} "
-        "images are stored (each carries its own record in its metadata). "
+        f"S3 refused writes and the manifest {manifest_uri(record)} could not be written: {err.message} "
+        f"{record.images_stored} images are stored (each carries its own record in its metadata). "
         + (f"Paid for but not stored: {'; '.join(lost[:50])}. " if lost else "")
         + (f"Prompts still missing images: {missing[:50]}. " if missing else "")
         + "To recover: restore write access to the bucket (credentials, bucket policy, endpoint) and retry the "

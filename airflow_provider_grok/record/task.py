@@ -266,5 +266,9 @@ class TaskRecord:
         statuses = {r.status for r in self.prompts}
         return "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
 
+    @property
+    def images_stored(self) -> int:
+        return sum(len(r.images) for r in self.prompts)
+
     def stored_images(self) -> list[StoredImage]:
         return sorted((i for r in self.prompts for i in r.images), key=lambda i: (i.prompt_index, i.image_index))
