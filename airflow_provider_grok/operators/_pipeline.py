@@ -52,12 +52,9 @@ def _trimmer() -> Any:
     them back (Dask's workers do the same).
     """
     import ctypes
-    import ctypes.util
 
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
-    except OSError:
-        return None
+    # The symbols already loaded into this process (libc among them): no ldconfig subprocess at import.
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 _MALLOC_TRIM = _trimmer()
@@ -284,9 +281,12 @@ class GenerationPipeline:
                 self._apply(request)
             finally:
                 self._store_slots.release()
-                stored = self._log_progress()
-                if _MALLOC_TRIM is not None and stored % TRIM_EVERY == 0:
+                with self._lock:
+                    self._answers_stored += 1
+                    trim = self._answers_stored % TRIM_EVERY == 0
+                if trim and _MALLOC_TRIM is not None:
                     _MALLOC_TRIM(0)
+                self._log_progress()
 
         future = self._store_pool.submit(store)
         with self._lock:
@@ -307,16 +307,12 @@ class GenerationPipeline:
         if request.state == FAILED:
             self.log.error("Prompt %d (%d images) failed: %s", request.prompt_index, request.count, request.error)
 
-    def _log_progress(self) -> int:
-        """Log how far the batch is; return the answers stored so far."""
+    def _log_progress(self) -> None:
         with self._lock:
-            self._answers_stored += 1
-            stored = sum(len(r.images) for r in self.record.prompts)
+            stored = self.record.images_stored
             wanted = sum(r.requested for r in self.record.prompts)
             in_flight = sum(1 for n in self._in_flight.values() if n)
-            answers = self._answers_stored
         self.log.info("%d/%d images stored, %d prompts in flight.", stored, wanted, in_flight)
-        return answers
 
     # --- the end of a try ---
 
