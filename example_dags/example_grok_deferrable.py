@@ -6,10 +6,17 @@ worker slot while it waits. The worker runs twice, briefly: to validate and defe
 manifest. The trigger stores each answer's images in S3 as it arrives and records every request, so a
 triggerer restart (an upgrade, a crash) sends again only the requests that were in flight at that moment,
 and no temporary URL can expire while the task waits.
+
+Give deferrable tasks retries: a retry pays only for images not yet stored (nothing, once all are). Besides
+the usual faults, Airflow up to 3.3 can fail a deferred task whose trigger fires before the scheduler has
+seen the worker leave for the triggerer ("reported that the task instance ... finished with state
+success, but the task instance's state attribute is running"; apache/airflow#72716): the retry finds
+every image stored and succeeds without a request.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import pendulum
@@ -33,4 +40,6 @@ with DAG(
         n=2,
         resolution="2k",
         deferrable=True,
+        retries=2,
+        retry_delay=datetime.timedelta(seconds=10),
     ).expand(prompt=["An isometric city at night, neon", "A tide pool at low tide, macro photography"])

@@ -22,7 +22,14 @@ def images(deployment: Deployment, prefix: str) -> dict[str, bytes]:
 def explain(deployment: Deployment, dag_id: str, run_id: str) -> str:
     tis = deployment.task_instances(dag_id, run_id)
     states = [(t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in tis]
-    return f"{states}\n--- scheduler ---\n{deployment.log_tail('scheduler')}"
+    failed = [
+        f"--- log of {task} [{index}] try {tried} ---\n"
+        + deployment.task_log_tail(dag_id, run_id, task, map_index=index, attempt=tried)
+        for task, index, state, tried in states
+        if state not in ("success", "skipped")
+    ]
+    triggerer, scheduler = deployment.log_tail("triggerer", 30), deployment.log_tail("scheduler", 20)
+    return "\n".join([str(states), *failed, f"--- triggerer ---\n{triggerer}", f"--- scheduler ---\n{scheduler}"])
 
 
 def check_exactly_once(

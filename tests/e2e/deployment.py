@@ -47,10 +47,16 @@ BUCKET = "grok-e2e"
 # anonymous-access test meaningless): the suite's REST calls log in as admin, the browser too.
 USERS = {"admin": "admin", "viewer": "viewer"}
 CELERY_WORKERS = ("worker-1", "worker-2")
+# The example with a schedule: it runs once by itself when a deployment starts.
+SCHEDULED_EXAMPLE = "example_grok_scheduled_content"
 # A dead worker's task is failed (and retried elsewhere) once its heartbeat is this old.
 HEARTBEAT_TIMEOUT = 15
 # Each worker names itself from its environment, as two machines would by their host names.
 HOSTNAME_MODULE = "import os\n\n\ndef name() -> str:\n    return os.environ['E2E_WORKER_NAME']\n"
+
+
+def _tail(path: Path, lines: int) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def wait_for(what: str, condition: Callable[[], Any], seconds: float, *, every: float = 0.5) -> Any:
@@ -122,8 +128,15 @@ class Deployment:
         return [member.pid for member in tree]
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.logs / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return _tail(self.logs / f"{name}.log", lines)
+
+    def task_log_tail(self, dag_id: str, run_id: str, task_id: str, *, map_index: int, attempt: int) -> str:
+        """The end of one task try's log, wherever it ran (the LocalExecutor's home, or a Celery machine's)."""
+        path = f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/"
+        path += f"map_index={map_index}/" if map_index >= 0 else ""
+        homes = [self.root / "airflow-home", *(self.root / worker / "home" for worker in CELERY_WORKERS)]
+        found = [home / "logs" / path / f"attempt={attempt}.log" for home in homes]
+        return "\n".join(_tail(log, 60) for log in found if log.exists()) or f"(no log of {path} attempt={attempt})"
 
     # --- lifecycle ---
 
@@ -156,8 +169,22 @@ class Deployment:
         wait_for("scheduler, dag-processor and triggerer to report healthy", self._healthy, 180)
         for worker in CELERY_WORKERS if self.executor == "CeleryExecutor" else ():
             wait_for(f"Celery {worker} to be ready", lambda w=worker: " ready." in self.log_tail(w, 400), 180)
+        self._settle_scheduled_example()
         print(f"{self.executor} deployment up in {time.monotonic() - started:.0f} s (logs: {self.logs})")
         return self
+
+    def _settle_scheduled_example(self) -> None:
+        """
+        The scheduled example runs once on its own as soon as it is parsed (its latest interval; catchup is
+        off), and its asset then triggers the consumer. Both must end before a test starts: their requests
+        would otherwise share the simulator's rate limit and concurrency with the test's, unseen in the
+        test's own call log (its prompts carry no marker).
+        """
+        dag, consumer = SCHEDULED_EXAMPLE, "example_grok_asset_consumer"
+        run = wait_for(f"{dag}'s scheduled run", lambda: self.runs(dag, "scheduled"), 180, every=1)[0]
+        state = self.wait_run(dag, run["dag_run_id"])
+        assert state == "success", (state, self.task_instances(dag, run["dag_run_id"]))
+        wait_for(f"{consumer}'s run after it", lambda: any(r["state"] == "success" for r in self.runs(consumer)), 120)
 
     def start_celery_worker(self, name: str) -> None:
         """A Celery worker as on a machine of its own: its own AIRFLOW_HOME, temp folder and hostname."""
@@ -379,6 +406,11 @@ class Deployment:
             every=1,
         )
         return str(state)
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
+        """The DAG's runs (of one ``run_type``: ``scheduled``, ``manual``, ``asset_triggered``), oldest first."""
+        found = self.rest("GET", f"dags/{dag_id}/dagRuns", params={"order_by": "run_after"})["dag_runs"]
+        return [r for r in found if run_type is None or r["run_type"] == run_type]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return list(self.rest("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"])

@@ -20,6 +20,7 @@ from tests.e2e.checks import PRICE, check_exactly_once, explain, images, posts
 from tests.e2e.deployment import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
+DEFERRED_PROMPTS = ("An isometric city at night, neon", "A tide pool at low tide, macro photography")
 
 
 @pytest.fixture
@@ -31,9 +32,20 @@ def sim(deployment: Deployment) -> SimulatorControl:
 
 def test_examples_succeed_when_triggered_with_no_logical_date(deployment: Deployment, sim: SimulatorControl) -> None:
     dags = ("example_grok_scheduled_content", "example_grok_deferrable", "example_grok_hook_taskflow")
+    consumer = "example_grok_asset_consumer"
+    # The deployment waited for the scheduled example's own run and the consumer run it triggered.
+    before = len([r for r in deployment.runs(consumer, "asset_triggered") if r["state"] == "success"])
     runs = {dag: deployment.trigger(dag) for dag in dags}
     for dag, run in runs.items():
         assert deployment.wait_run(dag, run) == "success", explain(deployment, dag, run)
+
+    # Deferred: one request per prompt whatever the tries (a retry after Airflow's deferral race is free).
+    deferred = "example_grok_deferrable"
+    calls = [c for c in sim.generation_calls() if c["prompt"] in DEFERRED_PROMPTS]
+    tries = [(t["map_index"], t["try_number"]) for t in deployment.task_instances(deferred, runs[deferred])]
+    spent = [deployment.manifest(f"{default_prefix(deferred, runs[deferred], 'generate')}/map-{i}") for i in (0, 1)]
+    print(f"\ndeferred example: {len(calls)} requests, tries {tries}")
+    assert len(calls) == 2 and sum(m["cost"]["usd"] for m in spent) == pytest.approx(4 * PRICE), (calls, tries)
 
     content_run = runs["example_grok_scheduled_content"]
     base = default_prefix("example_grok_scheduled_content", content_run, "generate")
@@ -49,8 +61,7 @@ def test_examples_succeed_when_triggered_with_no_logical_date(deployment: Deploy
     assert event["extra"]["cost_usd"] == pytest.approx(6 * PRICE)
 
     def consumer_done() -> bool:
-        runs = deployment.rest("GET", "dags/example_grok_asset_consumer/dagRuns")["dag_runs"]
-        return any(r["run_type"] == "asset_triggered" and r["state"] == "success" for r in runs)
+        return len([r for r in deployment.runs(consumer, "asset_triggered") if r["state"] == "success"]) > before
 
     wait_for("the asset-triggered consumer run", consumer_done, 120, every=1)
 

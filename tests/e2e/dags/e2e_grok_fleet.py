@@ -24,6 +24,10 @@ with DAG(dag_id="e2e_grok_fleet", params={"grok_conn": "grok_fleet_shared"}, **A
             grok_conn_id="{{ params.grok_conn }}",
             deferrable=deferrable,
             max_concurrency=4,
+            # A retry is free (it reuses what is stored) and rides out Airflow's deferral race (see the
+            # deferrable example); the test checks that no request was paid twice.
+            retries=2,
+            retry_delay=datetime.timedelta(seconds=1),
         ).expand(prompt=[[f"fleet {mode} {t} {i}" for i in range(PROMPTS_PER_TASK)] for t in range(TASKS_PER_MODE)])
 
 with DAG(dag_id="e2e_grok_kill_celery_worker", **ARGS):
