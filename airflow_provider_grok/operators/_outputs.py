@@ -1,5 +1,6 @@
 """
-What a task instance tells Airflow once its try ends: the link to its images in the UI, and its asset events.
+What a task instance tells Airflow once its try ends: the link to its images in the UI, its asset events,
+its XCom and its lineage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class GrokManifestLink(BaseOperatorLink):
         from airflow.sdk.execution_time.xcom import XCom
 
         return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
+
+
+def push_images_location(ti: Any, bucket: str, prefix: str, aws_conn_id: str | None) -> None:
+    """Where the Images view finds this task instance's manifest, and how to read it."""
+    from airflow_provider_grok.plugins.view import LOCATION_XCOM_KEY
+
+    ti.xcom_push(key=LOCATION_XCOM_KEY, value={"bucket": bucket, "prefix": prefix, "aws_conn_id": aws_conn_id})
 
 
 def push_images_link(ti: Any) -> None:
@@ -68,3 +76,32 @@ def emit_asset_events(outlets: Any, outlet_events: Any, store: S3ImageStore, man
             outlet_events[outlet].add(Asset(store.uri(store.prefix)), extra=extra)
         elif isinstance(outlet, Asset):
             outlet_events[outlet].extra = extra
+
+
+def xcom_value(images: list[dict[str, Any]], store: S3ImageStore, max_images: int, log: Any) -> Any:
+    """One small dict per stored image, or above ``max_images`` a summary (the manifest lists every image)."""
+    if len(images) <= max_images:
+        return images
+    log.info(
+        "%d images stored: returning a summary instead of one XCom entry per image (max_xcom_images=%d); "
+        "the manifest lists every image.",
+        len(images),
+        max_images,
+    )
+    return {
+        "manifest_uri": store.uri(store.manifest_key),
+        "bucket": store.bucket,
+        "prefix": store.prefix,
+        "images": len(images),
+    }
+
+
+def lineage(stored_prefix: tuple[str, str] | None) -> Any:
+    """The stored images as one OpenLineage output dataset (namespace ``s3://bucket``, name the prefix)."""
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    if stored_prefix is None:
+        return OperatorLineage()
+    bucket, prefix = stored_prefix
+    return OperatorLineage(outputs=[Dataset(namespace=f"s3://{bucket}", name=prefix)])

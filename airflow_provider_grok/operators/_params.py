@@ -6,10 +6,14 @@ was given, what is allowed. A light import (DAG files import the operators at pa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_grok.exceptions import GrokValidationError
+
+if TYPE_CHECKING:
+    from airflow_provider_grok.protocol import EditParams, GenerationParams
 
 # S3 bucket naming rules (also what MinIO, R2 and Ceph accept): 3-63 chars, lowercase, digits, dots, hyphens.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -93,3 +97,16 @@ def put_args(args: Any, allowed: frozenset[str]) -> dict[str, Any]:
             f"{', '.join(sorted(allowed))}."
         )
     return dict(args)
+
+
+@dataclass
+class RequestPlan:
+    """
+    What a task instance asks for, validated: one request per record (a prompt, or an edit), the parameters
+    as the user set them (for the manifest), and for edits each record's fingerprint and sources.
+    """
+
+    params: Sequence[GenerationParams | EditParams]
+    request: dict[str, Any]
+    fingerprints: Sequence[str] | None = None
+    sources: Sequence[list[dict[str, Any]]] | None = None

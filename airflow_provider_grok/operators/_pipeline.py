@@ -12,15 +12,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_grok.exceptions import GrokError, GrokStorageError
 from airflow_provider_grok.hooks.grok import GrokHook, log_label
+from airflow_provider_grok.operators._params import RequestPlan
+from airflow_provider_grok.operators._storing import StorePool
 from airflow_provider_grok.protocol import EditParams, GenerationParams, ImageGenerationResult
 from airflow_provider_grok.record import (
     FAILED,
@@ -39,38 +39,6 @@ from airflow_provider_grok.record import (
 )
 from airflow_provider_grok.record.cap import WAIT_SECONDS
 from airflow_provider_grok.storage import RequestLedger, S3ImageStore, write_plan
-
-STORE_WORKERS = 4  # threads fetching and uploading; uploads are short next to a generation
-TRIM_EVERY = 32  # stored answers between two returns of freed memory to the OS
-
-
-def _trimmer() -> Any:
-    """
-    glibc's ``malloc_trim``, or None elsewhere. Each answer passes through buffers of megabytes (the body,
-    its base64 text, the image) freed seconds later; glibc keeps such freed pages in its per-thread arenas,
-    so a 10,000-prompt task's RSS grew by ~20 KB per image with nothing alive. Trimming now and then hands
-    them back (Dask's workers do the same).
-    """
-    import ctypes
-
-    # The symbols already loaded into this process (libc among them): no ldconfig subprocess at import.
-    return getattr(ctypes.CDLL(None), "malloc_trim", None)
-
-
-_MALLOC_TRIM = _trimmer()
-
-
-@dataclass
-class RequestPlan:
-    """
-    What a task instance asks for, validated: one request per record (a prompt, or an edit), the parameters
-    as the user set them (for the manifest), and for edits each record's fingerprint and sources.
-    """
-
-    params: Sequence[GenerationParams | EditParams]
-    request: dict[str, Any]
-    fingerprints: Sequence[str] | None = None
-    sources: Sequence[list[dict[str, Any]]] | None = None
 
 
 class GenerationPipeline:
@@ -118,10 +86,7 @@ class GenerationPipeline:
         self._stop = threading.Event()
         self._storage_refused: GrokStorageError | None = None  # S3 refused a receipt: nothing more is sent
         self._in_flight: dict[int, int] = {}
-        self._store_pool: ThreadPoolExecutor | None = None
-        self._store_futures: list[Future[None]] = []
-        self._store_slots = threading.BoundedSemaphore(max_concurrency)
-        self._answers_stored = 0
+        self._stores = StorePool(max_concurrency)  # answers waiting for storage: as many as requests in flight
 
     # --- reading what earlier tries (or the trigger) left ---
 
@@ -173,25 +138,9 @@ class GenerationPipeline:
             len(jobs),
             self.max_concurrency,
         )
-        with self.storing(), ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
+        with self._stores.open(), ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
             for future in as_completed([pool.submit(self._run_job, job) for job in jobs]):
                 future.result()
-
-    @contextmanager
-    def storing(self) -> Iterator[None]:
-        """
-        A pool that fetches and uploads results while generation goes on: a request slot is free again as
-        soon as its answer arrives. At most ``max_concurrency`` answers wait for storage (backpressure keeps
-        memory bounded); the block ends when everything handed over is stored.
-        """
-        with ThreadPoolExecutor(STORE_WORKERS, thread_name_prefix="grok-store") as pool:
-            self._store_pool, self._store_futures = pool, []
-            try:
-                yield
-            finally:
-                for future in as_completed(list(self._store_futures)):
-                    future.result()
-                self._store_pool = None
 
     def stop(self) -> None:
         """Start no further requests (on_kill) and close the hook's idle connections."""
@@ -271,26 +220,14 @@ class GenerationPipeline:
             self.log.error("max_cost_usd: %s", why)
 
     def _store_later(self, request: RequestRecord, result: ImageGenerationResult) -> None:
-        """Hand an answer to the store pool (blocks while ``max_concurrency`` answers already wait)."""
-        assert self._store_pool is not None, "_store_later() needs an open storing() block"
-        self._store_slots.acquire()
+        """Hand an answer to the store threads (blocks while ``max_concurrency`` answers already wait)."""
 
         def store() -> None:
-            try:
-                self.ledger.store_answer(request, result, self.record.prompts[request.prompt_index].prompt)
-                self._apply(request)
-            finally:
-                self._store_slots.release()
-                with self._lock:
-                    self._answers_stored += 1
-                    trim = self._answers_stored % TRIM_EVERY == 0
-                if trim and _MALLOC_TRIM is not None:
-                    _MALLOC_TRIM(0)
-                self._log_progress()
+            self.ledger.store_answer(request, result, self.record.prompts[request.prompt_index].prompt)
+            self._apply(request)
+            self._log_progress()
 
-        future = self._store_pool.submit(store)
-        with self._lock:
-            self._store_futures.append(future)
+        self._stores.submit(store)
 
     def _apply(self, request: RequestRecord) -> None:
         with self._lock:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow_provider_grok.operators._params import RequestPlan
 from airflow_provider_grok.operators.generate import GrokGenerateImagesOperator
 
 if TYPE_CHECKING:
     from airflow_provider_grok.hooks.grok import GrokHook
-    from airflow_provider_grok.operators._pipeline import RequestPlan
     from airflow_provider_grok.storage import S3ImageStore
 
 
@@ -50,7 +50,6 @@ class GrokEditImagesOperator(GrokGenerateImagesOperator):
 
     def plan_requests(self, hook: GrokHook, store: S3ImageStore) -> RequestPlan:
         from airflow_provider_grok.operators._edits import pair_edits, resolve_sources
-        from airflow_provider_grok.operators._pipeline import RequestPlan
         from airflow_provider_grok.record.keys import fingerprint
 
         request = {k: v for k, v in self.generation_request().items() if k != "size"}

@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_grok.hooks.grok import GrokHook
-    from airflow_provider_grok.operators._pipeline import GenerationPipeline, RequestPlan
-    from airflow_provider_grok.record import TaskIdentity
+    from airflow_provider_grok.operators._pipeline import GenerationPipeline
     from airflow_provider_grok.storage import S3ImageStore
 # The generation parameters as the protocol declares them (one list; a light import: no HTTP library).
 GENERATION_FIELDS = GENERATION_OPTIONS
@@ -170,25 +169,6 @@ class GrokGenerateImagesOperator(BaseOperator):
             request["n"] = int(n)
         return request
 
-    def storage_target(self, context: Context) -> tuple[str, str]:
-        """(bucket, prefix) for this task instance, validated."""
-        from airflow_provider_grok.record.keys import default_prefix
-
-        ti = context["ti"]
-        bucket = _params.bucket_name(self.s3_bucket)
-        return bucket, _params.key_prefix(
-            self.s3_key_prefix, default_prefix(ti.dag_id, ti.run_id, ti.task_id), ti.map_index
-        )
-
-    def cost_cap(self) -> float | None:
-        """The rendered ``max_cost_usd`` as a number of dollars, validated (None: no cap)."""
-        return _params.cost_cap(self.max_cost_usd)
-
-    def s3_put_args(self) -> dict[str, Any]:
-        from airflow_provider_grok.storage import ALLOWED_S3_EXTRA_ARGS
-
-        return _params.put_args(self.s3_extra_args, ALLOWED_S3_EXTRA_ARGS)
-
     # --- execution ---
 
     def build_pipeline(self, context: Context) -> GenerationPipeline:
@@ -200,30 +180,30 @@ class GrokGenerateImagesOperator(BaseOperator):
 
         from airflow_provider_grok.hooks.grok import GrokHook
         from airflow_provider_grok.operators._pipeline import GenerationPipeline
-        from airflow_provider_grok.record import current_manifest
-        from airflow_provider_grok.storage import S3ImageStore
+        from airflow_provider_grok.record import TaskIdentity, current_manifest
+        from airflow_provider_grok.record.keys import default_prefix
+        from airflow_provider_grok.storage import ALLOWED_S3_EXTRA_ARGS, S3ImageStore
 
+        ti = context["ti"]
         try:
-            cap = self.cost_cap()
+            cap = _params.cost_cap(self.max_cost_usd)
             # Under a cap, a request that may have been billed without an answer is not retried blindly.
             hook = GrokHook(self.grok_conn_id, max_connections=self.max_concurrency, retry_unanswered=cap is None)
-            bucket, prefix = self.storage_target(context)
-            store = S3ImageStore(self.aws_conn_id, bucket, prefix, self.s3_put_args())
+            bucket = _params.bucket_name(self.s3_bucket)
+            default = default_prefix(ti.dag_id, ti.run_id, ti.task_id)
+            prefix = _params.key_prefix(self.s3_key_prefix, default, ti.map_index)
+            put_args = _params.put_args(self.s3_extra_args, ALLOWED_S3_EXTRA_ARGS)
+            store = S3ImageStore(self.aws_conn_id, bucket, prefix, put_args)
             plan = self.plan_requests(hook, store)
         except GrokValidationError as err:
             raise AirflowFailException(str(err)) from err
         self._stored_prefix = (bucket, prefix)
-        # Where the Images view finds this task instance's manifest (before anything is spent or stored).
-        from airflow_provider_grok.plugins.view import LOCATION_XCOM_KEY
-
-        context["ti"].xcom_push(
-            key=LOCATION_XCOM_KEY, value={"bucket": bucket, "prefix": prefix, "aws_conn_id": self.aws_conn_id}
-        )
+        _outputs.push_images_location(ti, bucket, prefix, self.aws_conn_id)  # before anything is spent or stored
         pipeline = GenerationPipeline(
             plan=plan,
             hook=hook,
             store=store,
-            identity=self.identity(context),
+            identity=TaskIdentity.of(ti),
             max_concurrency=self.max_concurrency,
             allow_partial=self.allow_partial,
             log=self.log,
@@ -240,22 +220,12 @@ class GrokGenerateImagesOperator(BaseOperator):
             pipeline.stop()
         return pipeline
 
-    def plan_requests(self, hook: GrokHook, store: S3ImageStore) -> RequestPlan:
+    def plan_requests(self, hook: GrokHook, store: S3ImageStore) -> _params.RequestPlan:
         """One validated generation request per prompt (the edit operator plans edits instead)."""
-        from airflow_provider_grok.operators._pipeline import RequestPlan
-
         request = self.generation_request()
         params = [hook.build_params(prompt, **request) for prompt in self.prompts()]
         request["model"] = params[0].model
-        return RequestPlan(params, request)
-
-    @staticmethod
-    def identity(context: Context) -> TaskIdentity:
-        from airflow_provider_grok.record import TaskIdentity
-
-        ti = context["ti"]
-        map_index = -1 if ti.map_index is None else ti.map_index
-        return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
+        return _params.RequestPlan(params, request)
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         from airflow_provider_grok.record import keys
@@ -325,21 +295,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         _outputs.push_images_link(context["ti"])
         xcom, manifest = pipeline.finish()
         _outputs.emit_asset_events(self.outlets, context["outlet_events"], pipeline.store, manifest)
-        if len(xcom) > self.max_xcom_images:
-            self.log.info(
-                "%d images stored: returning a summary instead of one XCom entry per image (max_xcom_images=%d); "
-                "the manifest lists every image.",
-                len(xcom),
-                self.max_xcom_images,
-            )
-            store = pipeline.store
-            return {
-                "manifest_uri": store.uri(store.manifest_key),
-                "bucket": store.bucket,
-                "prefix": store.prefix,
-                "images": len(xcom),
-            }
-        return xcom
+        return _outputs.xcom_value(xcom, pipeline.store, self.max_xcom_images, self.log)
 
     def on_kill(self) -> None:
         """
@@ -354,10 +310,4 @@ class GrokGenerateImagesOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The stored images as one OpenLineage output dataset per task instance (namespace ``s3://bucket``)."""
-        from airflow.providers.common.compat.openlineage.facet import Dataset
-        from airflow.providers.openlineage.extractors import OperatorLineage
-
-        if self._stored_prefix is None:
-            return OperatorLineage()
-        bucket, prefix = self._stored_prefix
-        return OperatorLineage(outputs=[Dataset(namespace=f"s3://{bucket}", name=prefix)])
+        return _outputs.lineage(self._stored_prefix)

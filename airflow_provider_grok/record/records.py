@@ -36,6 +36,12 @@ class TaskIdentity:
     map_index: int
     try_number: int
 
+    @classmethod
+    def of(cls, ti: Any) -> TaskIdentity:
+        """A running task instance's identity (anything with Airflow's ``TaskInstance`` attributes)."""
+        map_index = -1 if ti.map_index is None else ti.map_index
+        return cls(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
+
     def owner(self) -> dict[str, Any]:
         return {"dag_id": self.dag_id, "task_id": self.task_id, "run_id": self.run_id, "map_index": self.map_index}
 
