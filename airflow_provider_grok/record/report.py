@@ -5,7 +5,8 @@ What a task instance's record says to the world: the manifest document, and the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
 from airflow_provider_grok.exceptions import (
     GrokBudgetExceededError,
@@ -16,8 +17,38 @@ from airflow_provider_grok.exceptions import (
 from airflow_provider_grok.protocol import sum_usage
 from airflow_provider_grok.record.cost import cost_summary
 from airflow_provider_grok.record.keys import manifest_key
-from airflow_provider_grok.record.records import GENERATOR, MANIFEST_VERSION
+from airflow_provider_grok.record.records import GENERATOR, MANIFEST_VERSION, PromptRecord, RequestRecord
 from airflow_provider_grok.record.task import TaskRecord
+
+
+class JsonItems(Sequence[dict[str, Any]]):
+    """
+    A manifest's list of prompts or requests, each turned into its JSON dict only when read: the encoder
+    takes one at a time, so a 10,000-prompt manifest never exists as 20,000 dicts at once (about 40 MB).
+    """
+
+    def __init__(self, records: Sequence[Any], to_json: Callable[[Any], dict[str, Any]]) -> None:
+        self._records, self._to_json = records, to_json
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self._to_json(r) for r in self._records[index]]
+        return self._to_json(self._records[index])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self._to_json(r) for r in self._records)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def manifest_uri(record: TaskRecord) -> str:
@@ -32,9 +63,9 @@ def manifest_document(record: TaskRecord, status: str, request: dict[str, Any], 
     :param request: the generation parameters as the user set them.
     :param updated_at: an ISO 8601 time, from the driver's clock.
     """
-    prompts = [r.to_json() for r in record.prompts]
+    prompts = record.prompts
     requests = sorted(record.requests.values(), key=lambda r: (r.try_number, r.id))
-    stored = sum(len(r["images"]) for r in prompts)
+    stored = record.images_stored
     cost = cost_summary(requests, record.identity.try_number, stored)
     usages = [r.usage for r in requests if r.usage]
     return {
@@ -49,17 +80,17 @@ def manifest_document(record: TaskRecord, status: str, request: dict[str, Any], 
         "request": request,
         "summary": {
             "prompts": len(prompts),
-            "images_requested": sum(r["requested"] for r in prompts),
+            "images_requested": sum(r.requested for r in prompts),
             "images_stored": stored,
             "images_reused": record.reused,
-            "images_filtered": sum(r["filtered"] for r in prompts),
-            "prompts_failed": [r["prompt_index"] for r in prompts if r["status"] == "failed"],
+            "images_filtered": sum(r.filtered for r in prompts),
+            "prompts_failed": [r.prompt_index for r in prompts if r.status == "failed"],
         },
         "cost_usd": cost["usd"],
         "cost": cost,
         "usage": sum_usage(usages) if usages else None,
-        "prompts": prompts,
-        "requests": [r.to_json() for r in requests],
+        "prompts": JsonItems(prompts, PromptRecord.to_json),
+        "requests": JsonItems(requests, RequestRecord.to_json),
     }
 
 
