@@ -93,8 +93,8 @@ class GenerationPipeline:
     def load_previous(self, manifest: Mapping[str, Any] | None, *, reuse_images: bool) -> None:
         """Fold the manifest, the receipts and the image objects under the prefix (see ``record/task.py``)."""
         listing = self.store.list_prefix()
-        receipts = self.store.read_json_many(key for key in listing if keys.is_receipt_key(self.store.prefix, key))
-        self.record.fold(manifest, receipts, listing)
+        receipts = self.store.read_json_each(key for key in listing if keys.is_receipt_key(self.store.prefix, key))
+        self.record.fold(manifest, receipts, listing)  # one receipt at a time: 10,000 are never held at once
         if reuse_images:
             orphans = self.store.head_metadata(self.record.orphan_keys(manifest, listing))
             self.record.fold_images(manifest, listing, orphans)
@@ -106,16 +106,20 @@ class GenerationPipeline:
             )
 
     def write_manifest(self, status: str = "in_progress") -> dict[str, Any]:
-        """Write the manifest of everything folded so far, then delete the receipts and plans it holds."""
+        """
+        Write the manifest of everything folded so far, then delete the receipts and plans it holds. The
+        lock is held while it is written: its prompts and requests are read from the live record as they are
+        encoded. A manifest is written when a try starts and when it ends, with no request thread running,
+        so holding it costs nothing.
+        """
         with self._lock:
             manifest = report.manifest_document(self.record, status, self.request, datetime.now(UTC).isoformat())
             folded, self.record.folded_keys = sorted(self.record.folded_keys), set()
-        try:
-            self.store.write_manifest(manifest)
-        except BaseException:
-            with self._lock:
+            try:
+                self.store.write_manifest(manifest)
+            except BaseException:
                 self.record.folded_keys.update(folded)  # not folded after all: keep them
-            raise
+                raise
         self.store.delete(folded)
         return manifest
 

@@ -100,17 +100,20 @@ class TaskRecord:
         )
 
     def fold(
-        self, manifest: Mapping[str, Any] | None, receipts: Sequence[Mapping[str, Any]], keys: Iterable[str]
+        self, manifest: Mapping[str, Any] | None, receipts: Iterable[Mapping[str, Any]], keys: Iterable[str]
     ) -> None:
-        """Fold the manifest and the receipts (``keys``: every key under the prefix)."""
+        """
+        Fold the manifest and the receipts (``keys``: every key under the prefix). Receipts may come one at
+        a time; one of another task instance raises :class:`GrokPrefixInUseError` when it is reached, which
+        is still before anything is sent or written (folding only changes this record in memory).
+        """
         self.check_owner(manifest, "its manifest")
+        self.folded_keys.update(key for key in keys if is_bookkeeping_key(self.prefix, key))
+        for data in (manifest or {}).get("requests", []):
+            self._fold_request(data)
         for receipt in receipts:
             self.check_owner(receipt, "a request receipt")
-        self.folded_keys.update(key for key in keys if is_bookkeeping_key(self.prefix, key))
-        for data in [*(manifest or {}).get("requests", []), *receipts]:
-            request = RequestRecord.from_json(data)
-            known = self.requests.get(request.id)
-            self.requests[request.id] = request if known is None else newer(known, request)
+            self._fold_request(receipt)
         for request in self._this_try_requests():
             # This try's own requests (the trigger's, on resume): errors and unstored images.
             record = self.prompts[request.prompt_index]
@@ -118,6 +121,11 @@ class TaskRecord:
                 record.error = request.error
             record.not_stored.extend(request.not_stored)
         self.cap.fold(self.requests.values())
+
+    def _fold_request(self, data: Mapping[str, Any]) -> None:
+        request = RequestRecord.from_json(data)
+        known = self.requests.get(request.id)
+        self.requests[request.id] = request if known is None else newer(known, request)
 
     def _this_try_requests(self) -> list[RequestRecord]:
         return [

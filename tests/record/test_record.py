@@ -6,6 +6,8 @@ is sent again and what the manifest says it cost. The whole file runs in a few m
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from airflow_provider_grok.exceptions import (
@@ -107,6 +109,11 @@ def store_returned_image(bucket, identity, request, index: int, result: ImageGen
         store_image(bucket, identity, request, request.first_image_index + index, request.revised_prompt(index))
 
 
+def stored(document: dict) -> dict:
+    """A manifest document as S3 would hold it: a snapshot, its lazily converted lists made plain."""
+    return copy.deepcopy({k: list(v) if isinstance(v, report.JsonItems) else v for k, v in document.items()})
+
+
 # The steps of one request, in the order the ledger takes them; a crash may come between any two.
 STEPS = ["sent", "answered", "image 0 stored", "image 1 stored", "receipt stored", "manifest", "receipts deleted"]
 
@@ -124,7 +131,7 @@ def run_until(bucket: Bucket, record: TaskRecord, steps: int, result: ImageGener
             record.track(request),
             record.apply(request),
             record.settle(),
-            bucket.documents.update({keys.manifest_key(PREFIX): report.manifest_document(record, "x", {}, "now")}),
+            bucket.documents.update({keys.manifest_key(PREFIX): stored(report.manifest_document(record, "x", {}, ""))}),
         ),
         lambda: [bucket.documents.pop(k) for k in list(bucket.documents) if keys.is_bookkeeping_key(PREFIX, k)],
     ]
@@ -444,3 +451,13 @@ def test_image_metadata_is_read_back_as_written() -> None:
     assert found is not None and ME.foreign_owner(found.owner) is None
     assert (found.try_number, found.request_id, found.fingerprint) == (1, request.id, "fp")
     assert (found.prompt_index, found.image_index, found.model, found.sha256) == (2, 5, "grok-imagine-image", "ab")
+
+
+def test_receipts_folded_one_at_a_time_still_refuse_a_foreign_one() -> None:
+    bucket = Bucket()
+    run_until(bucket, task(), 2, answer(2))  # our own receipt
+    theirs = Bucket()
+    run_until(theirs, task(TaskIdentity(**{**ME.__dict__, "run_id": "other"})), 2, answer(2))
+    receipts = iter([*bucket.documents.values(), *theirs.documents.values()])  # the foreign one comes last
+    with pytest.raises(GrokPrefixInUseError, match=r"a request receipt names .*run_id 'other'"):
+        task().fold(None, receipts, [])
