@@ -32,4 +32,4 @@ def test_lazily_converted_items_encode_exactly_as_a_list() -> None:
     assert manifest_bytes({"prompts": lazy, "requests": JsonItems([], dict)}) == manifest_bytes(
         {"prompts": eager, "requests": []}
     )
-    assert lazy == eager and lazy[1] == eager[1] and lazy[1:] == eager[1:] and len(lazy) == 3
+    assert list(lazy) == eager and lazy[1] == eager[1] and lazy[1:] == eager[1:] and len(lazy) == 3

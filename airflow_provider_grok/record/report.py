@@ -45,11 +45,6 @@ class JsonItems(Sequence[dict[str, Any]]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return (self._to_json(r) for r in self._records)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 def manifest_uri(record: TaskRecord) -> str:
     return f"s3://{record.bucket}/{manifest_key(record.prefix)}"

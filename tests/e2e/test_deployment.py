@@ -33,8 +33,12 @@ def sim(deployment: Deployment) -> SimulatorControl:
 def test_examples_succeed_when_triggered_with_no_logical_date(deployment: Deployment, sim: SimulatorControl) -> None:
     dags = ("example_grok_scheduled_content", "example_grok_deferrable", "example_grok_hook_taskflow")
     consumer = "example_grok_asset_consumer"
+
+    def consumer_runs_done() -> int:
+        return sum(r["state"] == "success" for r in deployment.runs(consumer, "asset_triggered"))
+
     # The deployment waited for the scheduled example's own run and the consumer run it triggered.
-    before = len([r for r in deployment.runs(consumer, "asset_triggered") if r["state"] == "success"])
+    before = consumer_runs_done()
     runs = {dag: deployment.trigger(dag) for dag in dags}
     for dag, run in runs.items():
         assert deployment.wait_run(dag, run) == "success", explain(deployment, dag, run)
@@ -60,10 +64,7 @@ def test_examples_succeed_when_triggered_with_no_logical_date(deployment: Deploy
     assert event["source_task_id"] == "build_gallery" and event["extra"]["images"] == 6
     assert event["extra"]["cost_usd"] == pytest.approx(6 * PRICE)
 
-    def consumer_done() -> bool:
-        return len([r for r in deployment.runs(consumer, "asset_triggered") if r["state"] == "success"]) > before
-
-    wait_for("the asset-triggered consumer run", consumer_done, 120, every=1)
+    wait_for("the asset-triggered consumer run", lambda: consumer_runs_done() > before, 120, every=1)
 
 
 def test_worker_sigkill_mid_batch_pays_only_for_images_not_stored(
