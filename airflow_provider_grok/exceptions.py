@@ -105,7 +105,7 @@ class GrokPrefixInUseError(GrokValidationError):
     """The S3 prefix holds another task instance's images: refused before any request, nothing adopted."""
 
 
-class GrokBudgetExceededError(GrokError):
+class GrokCostCapExceededError(GrokError):
     """
     The task's ``max_cost_usd`` stopped it before a request that could have passed the cap (or the gateway
     reports no cost, so the cap cannot be enforced). What was stored stays in S3 and in the manifest; a retry
@@ -128,3 +128,32 @@ class GrokBudgetExceededError(GrokError):
         self.cap_usd = cap_usd
         self.spent_usd = spent_usd
         self.not_generated = list(not_generated or [])
+
+
+# Error types a trigger event may name: an explicit map of every GrokError defined above, never a name
+# looked up in a module at the moment an event is read. The old name of the cap's error still reads.
+ERROR_TYPES: dict[str, type[GrokError]] = {
+    cls.__name__: cls
+    for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, GrokError) and cls.__module__ == __name__
+}
+ERROR_TYPES["GrokBudgetExceededError"] = GrokCostCapExceededError
+
+
+def error_class(name: str) -> type[GrokError]:
+    """The error class an event or record names; :class:`GrokError` for a name this release does not know."""
+    return ERROR_TYPES.get(name, GrokError)
+
+
+def __getattr__(name: str) -> Any:
+    # "Budget" is the rate budget's word; the money cap's error was renamed in 0.5 (round 4).
+    if name == "GrokBudgetExceededError":
+        import warnings
+
+        warnings.warn(
+            "GrokBudgetExceededError is deprecated: use GrokCostCapExceededError (the same class).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return GrokCostCapExceededError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

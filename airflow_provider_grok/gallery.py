@@ -7,6 +7,8 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from airflow_provider_grok.record.manifest import Manifest
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -34,7 +36,13 @@ def _human_size(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
-def render_gallery(manifests: Iterable[Mapping[str, Any]], *, base_prefix: str, title: str) -> str:
+def _read(manifests: Iterable[Manifest | Mapping[str, Any]]) -> list[Manifest]:
+    """Manifests as stored (parsed JSON) or already read; one of another version is left out."""
+    read = [m if isinstance(m, Manifest) else Manifest.read(m) for m in manifests]
+    return [m for m in read if m is not None]
+
+
+def render_gallery(manifests: Iterable[Manifest | Mapping[str, Any]], *, base_prefix: str, title: str) -> str:
     """
     One page showing every stored image of ``manifests`` with its prompt, revised prompt, size and S3 URI.
 
@@ -42,24 +50,23 @@ def render_gallery(manifests: Iterable[Mapping[str, Any]], *, base_prefix: str, 
     in a local copy of the same folder.
     """
     figures, cost, count = [], 0.0, 0
-    for manifest in manifests:
-        cost += manifest.get("cost_usd") or 0.0
-        for record in manifest.get("prompts", []):
-            for image in record.get("images", []):
-                count += 1
-                href = image["key"].removeprefix(base_prefix.rstrip("/") + "/")
-                revised = image.get("revised_prompt")
-                figures.append(
-                    _FIGURE.format(
-                        href=html.escape(href),
-                        alt=html.escape(image["prompt"]),
-                        prompt=html.escape(image["prompt"]),
-                        revised=f'<div class="revised">{html.escape(revised)}</div>' if revised else "",
-                        size=_human_size(image["size_bytes"]),
-                        content_type=html.escape(image["content_type"]),
-                        s3_uri=html.escape(image["s3_uri"]),
-                    )
+    for manifest in _read(manifests):
+        cost += manifest.cost_usd or 0.0
+        for image in manifest.images():
+            count += 1
+            href = image.key.removeprefix(base_prefix.rstrip("/") + "/")
+            revised = image.revised_prompt
+            figures.append(
+                _FIGURE.format(
+                    href=html.escape(href),
+                    alt=html.escape(image.prompt),
+                    prompt=html.escape(image.prompt),
+                    revised=f'<div class="revised">{html.escape(revised)}</div>' if revised else "",
+                    size=_human_size(image.size_bytes),
+                    content_type=html.escape(image.content_type),
+                    s3_uri=html.escape(image.s3_uri),
                 )
+            )
     summary = f"{count} images" + (f", ${cost:.2f}" if cost else "")
     return _PAGE.format(title=html.escape(title), summary=summary, figures="\n".join(figures))
 
@@ -69,7 +76,7 @@ _PAIR = """<figure><div class="pair"><a href="{before}"><img src="{before}" alt=
 <div class="prompt">{prompt}</div><div class="meta">{before_uri} &rarr; {after_uri}</div></figcaption></figure>"""
 
 
-def render_before_after(manifests: Iterable[Mapping[str, Any]], *, base_prefix: str, title: str) -> str:
+def render_before_after(manifests: Iterable[Manifest | Mapping[str, Any]], *, base_prefix: str, title: str) -> str:
     """
     One page showing each edit's first source beside each of its results, from GrokEditImagesOperator
     manifests. Links are relative to ``base_prefix`` where they live under it, absolute s3:// otherwise.
@@ -81,18 +88,18 @@ def render_before_after(manifests: Iterable[Mapping[str, Any]], *, base_prefix: 
         return posixpath.relpath(uri.split("/", 3)[3], base_prefix.rstrip("/"))  # the page sits in base_prefix
 
     figures = []
-    for manifest in manifests:
-        for record in manifest.get("prompts", []):
-            sources = record.get("sources") or [{"uri": ""}]
-            for image in record.get("images", []):
+    for manifest in _read(manifests):
+        for record in manifest.prompts:
+            sources = record.sources or [{"uri": ""}]
+            for image in sorted(record.images, key=lambda i: i.image_index):
                 figures.append(
                     _PAIR.format(
                         before=html.escape(href(sources[0]["uri"])),
-                        after=html.escape(href(image["s3_uri"])),
-                        alt=html.escape(image["prompt"]),
-                        prompt=html.escape(image["prompt"]),
+                        after=html.escape(href(image.s3_uri)),
+                        alt=html.escape(image.prompt),
+                        prompt=html.escape(image.prompt),
                         before_uri=html.escape(sources[0]["uri"]),
-                        after_uri=html.escape(image["s3_uri"]),
+                        after_uri=html.escape(image.s3_uri),
                     )
                 )
     page = _PAGE.format(title=html.escape(title), summary=f"{len(figures)} edits", figures="\n".join(figures))

@@ -47,8 +47,11 @@ def s3_client(args: argparse.Namespace) -> Any:
 
 def connect_airflow(args: argparse.Namespace) -> None:
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="grok-bench-"))
+    extra: dict[str, Any] = {"max_retries": 3}
+    if args.rps:
+        extra["requests_per_second"] = args.rps
     os.environ["AIRFLOW_CONN_GROK_DEFAULT"] = json.dumps(
-        {"conn_type": "grok", "host": args.api, "password": args.key, "extra": {"max_retries": 3}}
+        {"conn_type": "grok", "host": args.api, "password": args.key, "extra": extra}
     )
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({"conn_type": "aws", "extra": {"endpoint_url": args.s3}})
 
@@ -289,6 +292,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--resolution", default="1k")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rps", type=float, default=None, help="the connection's requests_per_second")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")

@@ -129,12 +129,12 @@ def servers(latency: float, cap: int) -> Iterator[Servers]:
 
 
 def contender(
-    name: str, srv: Servers, *, prompts: int, n: int, resolution: str, concurrency: int = 8
+    name: str, srv: Servers, *, prompts: int, n: int, resolution: str, concurrency: int = 8, rps: float | None = None
 ) -> dict[str, Any]:
     command = [
         sys.executable, str(HERE / "contenders.py"), name, "--api", srv.api, "--key", srv.key, "--s3", srv.s3,
         "--bucket", srv.bucket, "--prompts", str(prompts), "--n", str(n), "--resolution", resolution,
-        "--concurrency", str(concurrency),
+        "--concurrency", str(concurrency), *(["--rps", str(rps)] if rps else []),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -212,6 +212,22 @@ def scale(srv: Servers, *, prompts: int) -> dict[str, Any]:
         for name in ("scale", "scale-deferred")
     }
     return {"prompts": prompts, "rows": rows}
+
+
+def fill_the_budget(*, prompts: int, latency: float, rate: float) -> dict[str, Any]:
+    """
+    One deferred task against a gateway that allows ``rate`` request starts a second (429 beyond) at a real
+    latency, with the connection's ``requests_per_second`` at the same rate and ``max_concurrency=prompts``:
+    the rate-bound limit is prompts / rate + latency (the last start, then its answer).
+    """
+    from airflow_provider_grok.testing.control import SimulatorControl
+
+    with servers(latency, prompts) as srv:
+        SimulatorControl(srv.api).set_rate_limit(rate)
+        row = contender("deferred", srv, prompts=prompts, n=1, resolution="1k", concurrency=prompts, rps=rate)
+        rejected = sum(1 for call in SimulatorControl(srv.api).calls() if call.get("status") == 429)
+    return {"prompts": prompts, "latency": latency, "rate": rate, "limit_s": prompts / rate + latency,
+            "rejected": rejected, **row}  # fmt: skip
 
 
 def parse_cost(runs: int) -> dict[str, Any]:
@@ -319,6 +335,21 @@ def render(results: dict[str, Any], command: str) -> str:
             f"{row['record_puts'] / row['images']:.1f} | {row['manifest_bytes']:,} ({row['manifest_puts']} PUTs) | "
             f"{row['xcom_bytes']:,} | {row.get('trigger_kwargs_bytes', '-')} | {row.get('event_bytes', '-')} |"
         )
+    fill = results["fill"]
+    lines += [
+        "",
+        f"## One deferred task fills the gateway's rate budget ({fill['prompts']} prompts, {fill['latency']:.0f} s "
+        f"latency, {fill['rate']:.0f} starts/s)",
+        "",
+        f"The gateway answers 429 past {fill['rate']:.0f} request starts a second; the connection's "
+        f"`requests_per_second` is {fill['rate']:.0f} and `max_concurrency={fill['prompts']}`. The rate-bound "
+        f"limit is {fill['prompts']} / {fill['rate']:.0f} + {fill['latency']:.0f} = {fill['limit_s']:.0f} s.",
+        "",
+        "| wall s (trigger) | x limit | 429s from the gateway | images stored | peak RSS MB (worker + triggerer) |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {fill['triggerer_seconds']:.1f} | {fill['triggerer_seconds'] / fill['limit_s']:.2f} | {fill['rejected']} | "
+        f"{fill['images']} | {fill['peak_rss_mb']:.0f} |",
+    ]
     lines += [
         "",
         "## DAG-parse cost: import time after `import airflow.sdk` "
@@ -355,6 +386,7 @@ def main() -> int:
     results["scale_latency"], results["scale_cap"] = 0.02, 16
     with servers(results["scale_latency"], results["scale_cap"]) as srv:
         results["scale"] = scale(srv, prompts=50 if quick else 10_000)
+    results["fill"] = fill_the_budget(prompts=20 if quick else 300, latency=0.5 if quick else 20.0, rate=5.0)
     results["parse_runs"] = 2 if quick else 10
     results["parse"] = parse_cost(results["parse_runs"])
     results["total_s"] = time.monotonic() - started

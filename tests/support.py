@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import itertools
 import json
 import socket
@@ -272,3 +275,60 @@ class DagResult:
                 .filter(AssetModel.uri == uri, AssetEvent.source_run_id == self.run_id)
             )
             return [dict(e.extra or {}) for e in rows]
+
+
+# --- DAG sources and what a stored task instance must look like ---
+
+HEADER = """
+import datetime
+import pendulum
+from airflow.sdk import DAG, Asset, AssetAlias, Param
+from airflow_provider_grok.operators.grok import GrokEditImagesOperator, GrokGenerateImagesOperator
+
+with DAG("DAG_ID", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False, {dag_args}) as dag:
+"""
+
+
+def dag_source(body: str, **dag_args: str) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in dag_args.items())
+    return HEADER.format(dag_args=args) + "\n".join("    " + line for line in body.strip().splitlines())
+
+
+def assert_objects_match_manifest(s3, manifest: dict) -> None:
+    """Every image in the manifest is in S3 with those bytes, that sha256, that Content-Type, verified by S3."""
+    for record in manifest["prompts"]:
+        for image in record["images"]:
+            head = s3.client.head_object(Bucket=s3.bucket, Key=image["key"], ChecksumMode="ENABLED")
+            data = s3.get(image["key"])
+            digest = hashlib.sha256(data)
+            assert digest.hexdigest() == image["sha256"]
+            assert len(data) == image["size_bytes"] == head["ContentLength"]
+            assert head["ContentType"] == image["content_type"] == "image/jpeg"
+            assert image["key"].endswith(".jpg")
+            assert head["ChecksumSHA256"] == base64.b64encode(digest.digest()).decode()
+
+
+def put_png(s3, key: str, color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (80, 48), color).save(out, "PNG")
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=out.getvalue())
+    return out.getvalue()
+
+
+VOLATILE = {"updated_at", "run_id", "try_number", "prefix", "dag_id", "requests"}
+
+
+def comparable(manifest: dict, prefix: str) -> dict:
+    """A manifest without what legitimately differs between two runs (ids, times, the prefix itself)."""
+    out = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    out["prompts"] = [
+        {**record, "images": [{**i, "s3_uri": None, "key": i["key"].removeprefix(prefix)} for i in record["images"]]}
+        for record in manifest["prompts"]
+    ]
+    out["requests"] = sorted(
+        (r["prompt_index"], r["first_image_index"], r["count"], r["state"], r["usage"], r["returned"], r["error"])
+        for r in manifest["requests"]
+    )
+    return out

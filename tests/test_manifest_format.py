@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from airflow_provider_grok.storage.s3 import manifest_bytes
+from airflow_provider_grok.record.manifest import encode as manifest_bytes
 
 
 def test_the_manifest_is_json_with_one_item_per_line() -> None:
@@ -23,7 +23,7 @@ def test_the_manifest_is_json_with_one_item_per_line() -> None:
 
 
 def test_lazily_converted_items_encode_exactly_as_a_list() -> None:
-    from airflow_provider_grok.record.report import JsonItems
+    from airflow_provider_grok.record.manifest import JsonItems
 
     records = [{"prompt_index": i, "prompt": f"p{i}"} for i in range(3)]
     lazy = JsonItems(records, lambda r: {**r, "converted": True})

@@ -106,9 +106,11 @@ def test_operator_import_adds_nothing_heavy_at_dag_parse_time():
 
 def test_the_trigger_can_name_every_provider_error():
     from airflow_provider_grok import exceptions
-    from airflow_provider_grok.triggers.grok import ERROR_TYPES
+    from airflow_provider_grok.exceptions import ERROR_TYPES
 
-    assert "GrokBudgetExceededError" in ERROR_TYPES and "GrokPrefixInUseError" in ERROR_TYPES
+    assert "GrokCostCapExceededError" in ERROR_TYPES and "GrokPrefixInUseError" in ERROR_TYPES
+    # An event from a trigger of an earlier release still names the cap's error by its old name.
+    assert ERROR_TYPES["GrokBudgetExceededError"] is exceptions.GrokCostCapExceededError
     assert set(ERROR_TYPES.values()) == {
         cls for cls in vars(exceptions).values() if isinstance(cls, type) and issubclass(cls, exceptions.GrokError)
     }
@@ -123,3 +125,11 @@ def test_edit_options_are_the_generation_options_but_size():
     generation = typing.get_type_hints(GenerationOptions)
     del generation["size"]  # an edit keeps its source's shape
     assert typing.get_type_hints(EditOptions) == generation
+
+
+def test_the_cost_caps_old_error_name_still_imports_with_a_deprecation_warning():
+    from airflow_provider_grok import exceptions
+
+    with pytest.warns(DeprecationWarning, match="use GrokCostCapExceededError"):
+        from airflow_provider_grok.exceptions import GrokBudgetExceededError
+    assert GrokBudgetExceededError is exceptions.GrokCostCapExceededError

@@ -6,7 +6,6 @@ prompts. Imported at run time only (it reads S3 sources through the task's store
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +60,16 @@ def _source(item: Any, store: S3ImageStore) -> Source:
 
 def _manifest_images(summary: Mapping[str, Any], store: S3ImageStore) -> list[str]:
     """The image URIs a manifest lists (the summary XCom of a large generation names its manifest)."""
-    bucket, key = _split_s3(str(summary["manifest_uri"]))
-    manifest = json.loads(store.read_object(bucket, key, 512 * 1024 * 1024))
-    return [image["s3_uri"] for prompt in manifest.get("prompts", []) for image in prompt.get("images", [])]
+    from airflow_provider_grok.record.manifest import decode
+
+    uri = str(summary["manifest_uri"])
+    bucket, key = _split_s3(uri)
+    manifest = decode(store.read_object(bucket, key, 512 * 1024 * 1024))
+    if manifest is None:
+        raise GrokValidationError(
+            f"Invalid source_images: {uri} is not a manifest this release of airflow-provider-grok reads."
+        )
+    return [image.s3_uri for image in manifest.images()]
 
 
 def resolve_sources(value: Any, store: S3ImageStore) -> list[list[Source]]:

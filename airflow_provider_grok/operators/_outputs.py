@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
+    from airflow_provider_grok.record.manifest import Manifest
     from airflow_provider_grok.storage import S3ImageStore
 
 
@@ -53,18 +54,18 @@ def push_images_link(ti: Any) -> None:
     ti.xcom_push(key=GrokManifestLink().xcom_key, value=root + view_path(ti.dag_id, ti.run_id, ti.task_id, map_index))
 
 
-def emit_asset_events(outlets: Any, outlet_events: Any, store: S3ImageStore, manifest: dict[str, Any]) -> None:
+def emit_asset_events(outlets: Any, outlet_events: Any, store: S3ImageStore, manifest: Manifest) -> None:
     """The task's outlets get the run's images and spend: an alias gets one asset per task instance prefix."""
     from airflow.sdk import Asset, AssetAlias
 
-    cost = manifest["cost"]
+    cost = manifest.cost
     extra = {
-        "images": manifest["summary"]["images_stored"],
-        "prompts": manifest["summary"]["prompts"],
-        "status": manifest["status"],
+        "images": manifest.summary["images_stored"],
+        "prompts": manifest.summary["prompts"],
+        "status": manifest.status,
         "manifest_uri": store.uri(store.manifest_key),
         "prefix_uri": store.uri(store.prefix + "/"),
-        "run_id": manifest["run_id"],
+        "run_id": manifest.run_id,
         # This run's spend: every try of this task instance (None: a billed request reported no usage).
         "cost_usd": cost["usd"],
         "requests": cost["requests"],

@@ -19,10 +19,19 @@ if TYPE_CHECKING:
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def check_init(max_concurrency: Any, max_xcom_images: Any, flags: Mapping[str, Any]) -> None:
+# Requests in flight at once. A worker holds a thread (and its stack) per request: 64 is plenty for a slot.
+# A deferred task awaits each request in the triggerer for a few KB (measured: benchmarks/RESULTS.md), so it
+# may keep enough in flight to fill the gateway's rate limit at real latency (5/s x 60-80 s for 2k images).
+MAX_CONCURRENCY_SYNC = 64
+MAX_CONCURRENCY_DEFERRED = 500
+
+
+def check_init(max_concurrency: Any, max_xcom_images: Any, flags: Mapping[str, Any], *, deferrable: bool) -> None:
     """The parameters that are not templated, checked when the DAG is parsed (an import error, not 3 a.m.)."""
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 64:
-        raise ValueError(f"Invalid max_concurrency={max_concurrency!r}: expected an integer from 1 to 64.")
+    most = MAX_CONCURRENCY_DEFERRED if deferrable else MAX_CONCURRENCY_SYNC
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= most:
+        hint = "" if deferrable else f" (up to {MAX_CONCURRENCY_DEFERRED} with deferrable=True)"
+        raise ValueError(f"Invalid max_concurrency={max_concurrency!r}: expected an integer from 1 to {most}{hint}.")
     if isinstance(max_xcom_images, bool) or not isinstance(max_xcom_images, int) or max_xcom_images < 0:
         raise ValueError(f"Invalid max_xcom_images={max_xcom_images!r}: expected an integer >= 0.")
     for name, flag in flags.items():
@@ -100,13 +109,13 @@ def put_args(args: Any, allowed: frozenset[str]) -> dict[str, Any]:
 
 
 @dataclass
-class RequestPlan:
+class PromptParams:
     """
-    What a task instance asks for, validated: one request per record (a prompt, or an edit), the parameters
-    as the user set them (for the manifest), and for edits each record's fingerprint and sources.
+    What a task instance asks for, validated: the parameters of each prompt (or edit), the parameters as
+    the user set them (the manifest's ``request``), and for edits each prompt's fingerprint and sources.
     """
 
     params: Sequence[GenerationParams | EditParams]
-    request: dict[str, Any]
+    parameters: dict[str, Any]
     fingerprints: Sequence[str] | None = None
     sources: Sequence[list[dict[str, Any]]] | None = None

@@ -1,7 +1,8 @@
 """
-The worker's side of one task instance: read what S3 holds, send the requests the record asks for on a
-pool of threads, store the answers, write the manifest. Every decision is the record's (``record/``); this
-module does the I/O, holds the locks and logs.
+The worker's side of one task instance: read what storage holds, run the batch driver's loop
+(``record/driver.py``) on ``max_concurrency`` threads, store the answers, write the manifest. Every
+decision is the record's (``record/``); this module performs the I/O and holds the lock that serialises
+the threads' calls into the record.
 
 Imported by the operator at run time only (it pulls in requests and boto3).
 """
@@ -12,32 +13,33 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_grok.exceptions import GrokError, GrokStorageError
 from airflow_provider_grok.hooks.grok import GrokHook, log_label
-from airflow_provider_grok.operators._params import RequestPlan
+from airflow_provider_grok.operators._params import PromptParams
 from airflow_provider_grok.operators._storing import StorePool
 from airflow_provider_grok.protocol import EditParams, GenerationParams, ImageGenerationResult
 from airflow_provider_grok.record import (
-    FAILED,
-    STORED,
-    Admission,
+    WAIT_SECONDS,
+    After,
+    BatchDriver,
     CostCap,
+    Finished,
     Job,
-    Next,
+    Manifest,
     RequestRecord,
+    Send,
     TaskIdentity,
     TaskRecord,
     describe_cost,
     keys,
+    manifest,
     report,
-    sequence,
 )
-from airflow_provider_grok.record.cap import WAIT_SECONDS
 from airflow_provider_grok.storage import RequestLedger, S3ImageStore, write_plan
 
 
@@ -45,15 +47,15 @@ class GenerationPipeline:
     """
     Turn prompts into stored images for one task instance, reusing what earlier tries stored.
 
-    :param plan: one validated request per prompt or edit (``n`` is the images wanted for it), and the
-        request parameters as the user set them, for the manifest and fingerprints.
+    :param prompts: the validated parameters of each prompt or edit (``n`` is the images wanted for it), and
+        the parameters as the user set them, for the manifest and fingerprints.
     :param max_cost_usd: what this task instance may be billed, all tries together (None: no cap).
     """
 
     def __init__(
         self,
         *,
-        plan: RequestPlan,
+        prompts: PromptParams,
         hook: GrokHook,
         store: S3ImageStore,
         identity: TaskIdentity,
@@ -62,15 +64,15 @@ class GenerationPipeline:
         log: logging.Logger | Any,
         max_cost_usd: float | None = None,
     ) -> None:
-        self.params = list(plan.params)
-        self.request = plan.request
+        self.params = list(prompts.params)
+        self.parameters = prompts.parameters
         self.hook = hook
         self.store = store
         self.identity = identity
         self.max_concurrency = max_concurrency
         self.log = log
         self.ledger = RequestLedger(store, identity, hook.fetch_image, log)
-        prints = plan.fingerprints or [keys.fingerprint(p.prompt, plan.request) for p in self.params]
+        prints = prompts.fingerprints or [keys.fingerprint(p.prompt, prompts.parameters) for p in self.params]
         self.record = TaskRecord(
             identity,
             [(p.prompt, prints[i], p.n) for i, p in enumerate(self.params)],
@@ -79,18 +81,17 @@ class GenerationPipeline:
             allow_partial=allow_partial,
             cap=CostCap(max_cost_usd),
         )
-        for prompt, sources in zip(self.record.prompts, plan.sources or [], strict=False):
+        for prompt, sources in zip(self.record.prompts, prompts.sources or [], strict=False):
             prompt.sources = sources
         self.cap = self.record.cap
-        self._lock = threading.Lock()  # guards the record: the job and store threads all report to it
-        self._stop = threading.Event()
-        self._storage_refused: GrokStorageError | None = None  # S3 refused a receipt: nothing more is sent
-        self._in_flight: dict[int, int] = {}
+        self._lock = threading.Lock()  # serialises the request and store threads' calls into the record
+        self._driver: BatchDriver | None = None
+        self._halted: str | None = None  # on_kill came: no batch sends anything from now on
         self._stores = StorePool(max_concurrency)  # answers waiting for storage: as many as requests in flight
 
     # --- reading what earlier tries (or the trigger) left ---
 
-    def load_previous(self, manifest: Mapping[str, Any] | None, *, reuse_images: bool) -> None:
+    def load_previous(self, manifest: Manifest | None, *, reuse_images: bool) -> None:
         """Fold the manifest, the receipts and the image objects under the prefix (see ``record/task.py``)."""
         listing = self.store.list_prefix()
         receipts = self.store.read_json_each(key for key in listing if keys.is_receipt_key(self.store.prefix, key))
@@ -113,19 +114,19 @@ class GenerationPipeline:
         so holding it costs nothing.
         """
         with self._lock:
-            manifest = report.manifest_document(self.record, status, self.request, datetime.now(UTC).isoformat())
+            document = manifest.document(self.record, status, self.parameters, datetime.now(UTC).isoformat())
             folded, self.record.folded_keys = sorted(self.record.folded_keys), set()
             try:
-                self.store.write_manifest(manifest)
+                self.store.write_manifest(document)
             except BaseException:
                 self.record.folded_keys.update(folded)  # not folded after all: keep them
                 raise
         self.store.delete(folded)
-        return manifest
+        return document
 
     # --- planning ---
 
-    def pending_jobs(self, sender: str = keys.WORKER) -> list[Job]:
+    def pending_jobs(self, sender: keys.Sender = keys.WORKER) -> list[Job]:
         return self.record.pending_jobs(sender)
 
     def job_params(self, job: Job) -> GenerationParams | EditParams:
@@ -142,130 +143,96 @@ class GenerationPipeline:
             len(jobs),
             self.max_concurrency,
         )
-        with self._stores.open(), ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="grok-job") as pool:
-            for future in as_completed([pool.submit(self._run_job, job) for job in jobs]):
+        driver = BatchDriver(
+            [(job, self.job_params(job)) for job in jobs], self.cap, self.identity.try_number, self.log
+        )
+        with self._lock:
+            self._driver = driver
+            if self._halted:
+                driver.halt(self._halted)
+        slots = max(min(self.max_concurrency, len(jobs)), 1)
+        with self._stores.open(), ThreadPoolExecutor(slots, thread_name_prefix="grok-request") as pool:
+            for future in as_completed([pool.submit(self._slot, driver) for _ in range(slots)]):
                 future.result()
+        with self._lock:
+            self.record.end_batch(driver.stop)
 
     def stop(self) -> None:
         """Start no further requests (on_kill) and close the hook's idle connections."""
-        self._stop.set()
+        with self._lock:
+            self._halted = "the task was stopped (on_kill)"
+            if self._driver is not None:
+                self._driver.halt(self._halted)
         self.hook.close()
 
-    def _run_job(self, job: Job) -> None:
-        if self._storage_refused is not None:
-            return self._not_sent(job, f"not generated: S3 refused writes ({self._storage_refused.message})")
-        if self._stop.is_set():
-            return self._not_sent(job, "not attempted: the task was stopped or an earlier error made it pointless")
-        if not self._admitted(job):
-            return self._not_sent(job, f"not generated: max_cost_usd reached ({self.cap.describe()})")
-        with self._lock:
-            self._in_flight[job.prompt_index] = self._in_flight.get(job.prompt_index, 0) + 1
-        try:
-            try:  # if the intent cannot be recorded, nothing is sent: S3 refusing writes stops every request
-                request = self.ledger.sent(job)
-            except GrokStorageError as err:
-                self._refuse_further_requests(err)
-                return self._not_sent(job, f"not generated: S3 refused its receipt ({err.message})")
+    def _slot(self, driver: BatchDriver) -> None:
+        """One request slot: perform what the driver says until it says Finished."""
+        while True:
             with self._lock:
+                action = driver.next()
+            if action is Finished:
+                return
+            if not isinstance(action, Send):  # Wait: a request in flight will release cap room
+                time.sleep(WAIT_SECONDS)
+                continue
+            request = action.request
+            try:  # no receipt, no request
+                self.ledger.write_sent(request)
+            except GrokStorageError as err:
+                with self._lock:
+                    driver.receipt_refused(request, err)
+                continue
+            with self._lock:
+                driver.sent(request)
                 self.record.track(request)
-            params = self.job_params(job)
             outcome: ImageGenerationResult | GrokError
             try:
-                with log_label(f"Prompt {job.prompt_index}"):
-                    outcome = self.hook.generate(params)
+                with log_label(f"Prompt {request.prompt_index}"):
+                    outcome = self.hook.generate(action.params)
             except GrokError as err:
                 outcome = err
-            step = sequence.conclude(request, outcome, params.model)
-            self._settle(request)
-            if step is Next.STORE:
-                assert isinstance(outcome, ImageGenerationResult)
-                self._store_later(request, outcome)  # its receipts are written there: this slot goes on
-                return None
-            self.ledger.note(request)
-            self._apply(request)
-            if step is Next.STOP:
-                self._stop.set()
-        finally:
             with self._lock:
-                self._in_flight[job.prompt_index] -= 1
-        return None
+                after = driver.answered(request, outcome, action.params.model)
+            if after is After.STORE:
+                assert isinstance(outcome, ImageGenerationResult)
+                self._store_later(driver, request, outcome)  # this slot goes on while the answer is stored
+                continue
+            self.ledger.write_outcome(request)
+            self._finished(driver, request)
 
-    def _not_sent(self, job: Job, why: str) -> None:
-        with self._lock:
-            self.record.prompts[job.prompt_index].error = why
-
-    def _refuse_further_requests(self, err: GrokStorageError) -> None:
-        with self._lock:
-            first, self._storage_refused = self._storage_refused is None, self._storage_refused or err
-        if first:
-            self.log.error(
-                "S3 refuses writes (%s): no further generation request is sent, since its receipt cannot be "
-                "written. Answers already paid for are still stored while S3 allows it.",
-                err.message,
-            )
-
-    def _admitted(self, job: Job) -> bool:
-        """Wait until the money cap admits ``job`` (True) or stops sending (False)."""
-        while (decision := self.cap.admit(job.count)) is Admission.WAIT:
-            if self._stop.is_set():
-                return False
-            time.sleep(WAIT_SECONDS)
-        if decision is Admission.STOP:
-            self.log.warning(
-                "Prompt %d: not sending %d images: max_cost_usd reached (%s).",
-                job.prompt_index,
-                job.count,
-                self.cap.describe(),
-            )
-        return decision is Admission.SEND
-
-    def _settle(self, request: RequestRecord) -> None:
-        if why := self.cap.settle(request):
-            self.log.error("max_cost_usd: %s", why)
-
-    def _store_later(self, request: RequestRecord, result: ImageGenerationResult) -> None:
+    def _store_later(self, driver: BatchDriver, request: RequestRecord, result: ImageGenerationResult) -> None:
         """Hand an answer to the store threads (blocks while ``max_concurrency`` answers already wait)."""
 
         def store() -> None:
             self.ledger.store_answer(request, result, self.record.prompts[request.prompt_index].prompt)
-            self._apply(request)
-            self._log_progress()
+            self._finished(driver, request)
+            self._log_progress(driver)
 
         self._stores.submit(store)
 
-    def _apply(self, request: RequestRecord) -> None:
+    def _finished(self, driver: BatchDriver, request: RequestRecord) -> None:
         with self._lock:
+            driver.finished(request)
             self.record.apply(request)
-        if request.filtered and request.state == STORED:
-            self.log.warning(
-                "Prompt %d: content moderation removed %d of %d images.",
-                request.prompt_index,
-                request.filtered,
-                request.count,
-            )
-        elif request.filtered:
-            self.log.warning("Prompt %d: %s", request.prompt_index, request.error)
-        if request.state == FAILED:
-            self.log.error("Prompt %d (%d images) failed: %s", request.prompt_index, request.count, request.error)
 
-    def _log_progress(self) -> None:
+    def _log_progress(self, driver: BatchDriver) -> None:
         with self._lock:
             stored = self.record.images_stored
             wanted = sum(r.requested for r in self.record.prompts)
-            in_flight = sum(1 for n in self._in_flight.values() if n)
-        self.log.info("%d/%d images stored, %d prompts in flight.", stored, wanted, in_flight)
+            in_flight = driver.in_flight
+        self.log.info("%d/%d images stored, %d requests in flight.", stored, wanted, in_flight)
 
     # --- the end of a try ---
 
-    def finalize(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Settle each prompt, write the final manifest and drop folded receipts; return (XCom list, manifest)."""
-        status = self.record.settle()
+    def finalize(self) -> tuple[list[dict[str, Any]], Manifest]:
+        """Decide each prompt, write the final manifest and drop folded receipts; return (XCom list, manifest)."""
+        status = self.record.decide()
         try:
-            manifest = self.write_manifest(status)
+            written = Manifest(self.write_manifest(status), self.record.prompts)
         except GrokStorageError as err:
             raise report.unrecorded(self.record, err) from None
         images = self.record.stored_images()
-        cost = manifest["cost"]
+        cost = written.cost
         self.log.info(
             "Grok: %d images stored (%d reused), %d requests this try (%d in all tries), cost this try %s, "
             "all tries %s; manifest %s.",
@@ -277,14 +244,14 @@ class GenerationPipeline:
             describe_cost(cost),
             self.store.uri(self.store.manifest_key),
         )
-        return [i.to_xcom() for i in images], manifest
+        return [i.to_xcom() for i in images], written
 
-    def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def finish(self) -> tuple[list[dict[str, Any]], Manifest]:
         """:meth:`finalize`, then raise the error of an incomplete try (a prompt failed, the cap stopped it)."""
-        xcom, manifest = self.finalize()
+        xcom, written = self.finalize()
         if (err := report.outcome_error(self.record)) is not None:
             raise err
-        return xcom, manifest
+        return xcom, written
 
     # --- the deferred path ---
 

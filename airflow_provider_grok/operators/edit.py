@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_provider_grok.operators._params import RequestPlan
+from airflow_provider_grok.operators._params import PromptParams
 from airflow_provider_grok.operators.generate import GrokGenerateImagesOperator
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class GrokEditImagesOperator(GrokGenerateImagesOperator):
         self.source_images = source_images
         self._lineage_inputs: list[tuple[str, str]] = []
 
-    def plan_requests(self, hook: GrokHook, store: S3ImageStore) -> RequestPlan:
+    def prompt_params(self, hook: GrokHook, store: S3ImageStore) -> PromptParams:
         from airflow_provider_grok.operators._edits import pair_edits, resolve_sources
         from airflow_provider_grok.record.keys import fingerprint
 
@@ -62,7 +62,7 @@ class GrokEditImagesOperator(GrokGenerateImagesOperator):
             sources.append(described)
         self._lineage_inputs = sorted({s.s3_location for _, group in edits for s in group if s.s3_location})
         request["model"] = params[0].model
-        return RequestPlan(params, request, prints, sources)
+        return PromptParams(params, request, prints, sources)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The S3 sources as input datasets and the stored images as the output dataset."""

@@ -60,7 +60,9 @@ class GrokGenerateImagesOperator(BaseOperator):
         task always gets ``/map-{map_index}`` appended, so mapped instances never overwrite each other.
     :param grok_conn_id: the ``grok`` connection.
     :param aws_conn_id: the AWS connection for S3 (keys, role, region, ``endpoint_url`` all apply).
-    :param max_concurrency: generation requests in flight at once (default 4).
+    :param max_concurrency: generation requests in flight at once (default 4): up to 64 in a worker (a
+        thread each), up to 500 with ``deferrable=True`` (each a few KB in the triggerer), enough to keep
+        the gateway's rate limit busy at real latency.
     :param allow_partial: if True (default), a prompt that moderation refused entirely is recorded and the
         task still succeeds; if False it fails the task (after everything else is stored).
     :param skip_existing: if True (default), reuse the images an earlier try of this task instance stored.
@@ -75,7 +77,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         (templated). No request is sent that could take the bill past it: the first request (of one image)
         goes alone to learn the price, then the worst case of every request in flight is reserved. When the
         next request would pass the cap, sending stops, what arrived is stored, the manifest is written and
-        the task fails with :class:`~airflow_provider_grok.exceptions.GrokBudgetExceededError`; a retry with
+        the task fails with :class:`~airflow_provider_grok.exceptions.GrokCostCapExceededError`; a retry with
         a higher cap pays only for what is missing. Needs a gateway that reports cost (xAI does). Under a
         cap, a request that got no answer is not retried by the hook (it may have been billed): the try
         ends and an Airflow retry sends it again within the cap. Default None: no cap.
@@ -127,9 +129,9 @@ class GrokGenerateImagesOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _params.check_init(
-            max_concurrency, max_xcom_images, {"allow_partial": allow_partial, "skip_existing": skip_existing}
-        )
+        deferrable = _default_deferrable() if deferrable is None else deferrable
+        flags = {"allow_partial": allow_partial, "skip_existing": skip_existing}
+        _params.check_init(max_concurrency, max_xcom_images, flags, deferrable=deferrable)
         self.prompt = prompt
         self.s3_bucket = s3_bucket
         self.model = model
@@ -148,7 +150,7 @@ class GrokGenerateImagesOperator(BaseOperator):
         self.allow_partial = allow_partial
         self.skip_existing = skip_existing
         self.s3_extra_args = s3_extra_args
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.deferrable = deferrable
         self.max_xcom_images = max_xcom_images
         self.max_cost_usd = max_cost_usd
         self._pipeline: GenerationPipeline | None = None
@@ -180,7 +182,7 @@ class GrokGenerateImagesOperator(BaseOperator):
 
         from airflow_provider_grok.hooks.grok import GrokHook
         from airflow_provider_grok.operators._pipeline import GenerationPipeline
-        from airflow_provider_grok.record import TaskIdentity, current_manifest
+        from airflow_provider_grok.record import TaskIdentity
         from airflow_provider_grok.record.keys import default_prefix
         from airflow_provider_grok.storage import ALLOWED_S3_EXTRA_ARGS, S3ImageStore
 
@@ -194,13 +196,13 @@ class GrokGenerateImagesOperator(BaseOperator):
             prefix = _params.key_prefix(self.s3_key_prefix, default, ti.map_index)
             put_args = _params.put_args(self.s3_extra_args, ALLOWED_S3_EXTRA_ARGS)
             store = S3ImageStore(self.aws_conn_id, bucket, prefix, put_args)
-            plan = self.plan_requests(hook, store)
+            prompts = self.prompt_params(hook, store)
         except GrokValidationError as err:
             raise AirflowFailException(str(err)) from err
         self._stored_prefix = (bucket, prefix)
         _outputs.push_images_location(ti, bucket, prefix, self.aws_conn_id)  # before anything is spent or stored
         pipeline = GenerationPipeline(
-            plan=plan,
+            prompts=prompts,
             hook=hook,
             store=store,
             identity=TaskIdentity.of(ti),
@@ -210,7 +212,7 @@ class GrokGenerateImagesOperator(BaseOperator):
             max_cost_usd=cap,
         )
         # Also the cheap check that the bucket exists and is readable. A manifest of another version is not folded.
-        manifest = current_manifest(store.read_manifest())
+        manifest = store.read_manifest()
         try:
             pipeline.load_previous(manifest, reuse_images=self.skip_existing)
         except GrokValidationError as err:  # the prefix belongs to another run
@@ -220,12 +222,12 @@ class GrokGenerateImagesOperator(BaseOperator):
             pipeline.stop()
         return pipeline
 
-    def plan_requests(self, hook: GrokHook, store: S3ImageStore) -> _params.RequestPlan:
-        """One validated generation request per prompt (the edit operator plans edits instead)."""
+    def prompt_params(self, hook: GrokHook, store: S3ImageStore) -> _params.PromptParams:
+        """The validated parameters of each prompt (the edit operator's are edits')."""
         request = self.generation_request()
         params = [hook.build_params(prompt, **request) for prompt in self.prompts()]
         request["model"] = params[0].model
-        return _params.RequestPlan(params, request)
+        return _params.PromptParams(params, request)
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         from airflow_provider_grok.record import keys
@@ -267,20 +269,15 @@ class GrokGenerateImagesOperator(BaseOperator):
         fold those records into the manifest. Images lost in the narrow window of a triggerer crash (answer
         received, not yet stored) are generated here, and the log says so.
         """
-        from airflow_provider_grok.exceptions import GrokBudgetExceededError
-        from airflow_provider_grok.record import keys, report
+        from airflow_provider_grok.record import keys
         from airflow_provider_grok.triggers.grok import GenerationEvent
 
         pipeline = self.build_pipeline(context)
         outcome = GenerationEvent.from_payload(event)
-        if outcome.error is not None:
-            pipeline.record.record_batch_failure(outcome.error)
-            pipeline.finalize()  # the manifest says what happened; the task fails with the error
-            if isinstance(outcome.error, GrokBudgetExceededError):
-                raise report.budget_exceeded(pipeline.record)  # names the spend and what was not generated
-            raise outcome.error
-        # Prompts with an error or an image that could not be stored fail as on the sync path.
-        lost = pipeline.record.lost_in_trigger(keys.WORKER)
+        # The same record the sync path leaves: a stopped batch names its stop on every prompt it kept from
+        # being sent, and the try ends with the same error (report.outcome_error).
+        pipeline.record.end_batch(outcome.stop)
+        lost = [] if outcome.stop is not None else pipeline.record.lost_in_trigger(keys.WORKER)
         if lost:
             self.log.warning(
                 "%d images were paid for in the triggerer but not stored (it was restarted while storing them); "

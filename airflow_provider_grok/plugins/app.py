@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import Request
@@ -28,6 +28,9 @@ from airflow_provider_grok.plugins.view import (
     render_page,
     servable_image,
 )
+
+if TYPE_CHECKING:
+    from airflow_provider_grok.record.manifest import Manifest
 
 STREAM_CHUNK = 256 * 1024
 
@@ -72,10 +75,10 @@ class _ManifestCache:
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
-        self._items: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._items: dict[tuple[str, str], tuple[str, Manifest]] = {}
         self._lock = threading.Lock()
 
-    def read(self, store: Any) -> dict[str, Any] | None:
+    def read(self, store: Any) -> Manifest | None:
         from botocore.exceptions import ClientError
 
         try:
@@ -87,9 +90,7 @@ class _ManifestCache:
             cached = self._items.get(where)
         if cached and cached[0] == etag:
             return cached[1]
-        from airflow_provider_grok.record import current_manifest
-
-        manifest = current_manifest(store.read_manifest())  # one of another version is not shown
+        manifest = store.read_manifest()  # one of another version is not shown
         if manifest is not None:
             with self._lock:
                 if len(self._items) >= self.size:
@@ -110,7 +111,7 @@ def create_app() -> Any:
     app = FastAPI(title="Grok Imagine images", docs_url=None, redoc_url=None, openapi_url=None)
     readers = [Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))]
 
-    def manifest_of(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[Any, dict[str, Any] | None]:
+    def manifest_of(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[Any, Manifest | None]:
         location = _location(dag_id, run_id, task_id, map_index)
         if location is None:
             return None, None

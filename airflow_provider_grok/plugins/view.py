@@ -8,8 +8,11 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from airflow_provider_grok.record.manifest import Manifest
 
 # Where the operator records, at the start of every try, where this task instance stores its images.
 LOCATION_XCOM_KEY = "grok_images"
@@ -56,28 +59,28 @@ class Page:
     total: int
 
 
-def all_images(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def all_images(manifest: Manifest) -> list[dict[str, Any]]:
     """Every stored image, in prompt then image order, each with its prompt record's sources."""
     images = []
-    for record in manifest.get("prompts") or []:
-        for image in record.get("images") or []:
-            images.append({**image, "sources": record.get("sources") or [], "models": record.get("models") or []})
-    return sorted(images, key=lambda i: (i.get("prompt_index", 0), i.get("image_index", 0)))
+    for record in manifest.prompts:
+        for image in record.images:
+            images.append({**image.to_xcom(), "sources": record.sources, "models": record.models})
+    return sorted(images, key=lambda i: (i["prompt_index"], i["image_index"]))
 
 
-def page_of(manifest: Mapping[str, Any], number: int, size: int = PAGE_SIZE) -> Page:
+def page_of(manifest: Manifest, number: int, size: int = PAGE_SIZE) -> Page:
     images = all_images(manifest)
     pages = max((len(images) + size - 1) // size, 1)
     number = min(max(number, 1), pages)
     return Page(number, pages, images[(number - 1) * size : number * size], len(images))
 
 
-def servable_image(manifest: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+def servable_image(manifest: Manifest, key: str) -> dict[str, Any] | None:
     """
     The manifest's record of ``key`` if it may be served: an image this task instance stored, directly under
     its own prefix. Anything else (another prefix, ``..``, a receipt, the manifest) is None.
     """
-    prefix = str(manifest.get("prefix") or "").rstrip("/")
+    prefix = manifest.prefix
     if not prefix or not key.startswith(prefix + "/") or "/" in key[len(prefix) + 1 :] or ".." in key:
         return None
     return next((image for image in all_images(manifest) if image.get("key") == key), None)
@@ -93,10 +96,8 @@ def _usd(cost: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _status_line(manifest: Mapping[str, Any]) -> str:
-    summary = manifest.get("summary") or {}
-    cost = manifest.get("cost") or {}
-    status = str(manifest.get("status", "unknown"))
+def _status_line(manifest: Manifest) -> str:
+    summary, cost, status = manifest.summary, manifest.cost, manifest.status
     failed = len(summary.get("prompts_failed") or [])
     parts = [
         f'<span class="pill {html.escape(status)}">{html.escape(status)}</span>',
@@ -112,14 +113,14 @@ def _status_line(manifest: Mapping[str, Any]) -> str:
     return '<div class="status">' + "".join(parts) + "</div>"
 
 
-def _missing_table(manifest: Mapping[str, Any]) -> str:
+def _missing_table(manifest: Manifest) -> str:
     rows = []
-    for record in manifest.get("prompts") or []:
-        if record.get("status") in ("failed", "filtered") or record.get("error"):
-            reason = record.get("error") or "content moderation returned no images"
+    for record in manifest.prompts:
+        if record.status in ("failed", "filtered") or record.error:
+            reason = record.error or "content moderation returned no images"
             rows.append(
-                f"<tr><td>{record.get('prompt_index')}</td><td>{html.escape(str(record.get('prompt', '')))[:300]}</td>"
-                f"<td>{html.escape(str(record.get('status')))}</td><td>{html.escape(str(reason))[:400]}</td></tr>"
+                f"<tr><td>{record.prompt_index}</td><td>{html.escape(str(record.prompt))[:300]}</td>"
+                f"<td>{html.escape(str(record.status))}</td><td>{html.escape(str(reason))[:400]}</td></tr>"
             )
     if not rows:
         return ""
@@ -147,7 +148,7 @@ def _figure(image: Mapping[str, Any], file_url: str) -> str:
     )
 
 
-def render_page(manifest: Mapping[str, Any], page: Page, *, title: str, base_url: str) -> str:
+def render_page(manifest: Manifest, page: Page, *, title: str, base_url: str) -> str:
     """The page: status line, what is missing and why, one page of thumbnails, links to the other pages."""
     figures = "\n".join(_figure(image, f"{base_url}/file") for image in page.images)
     nav = ""

@@ -2,50 +2,38 @@
 A task instance's money cap (``max_cost_usd``): may the next request be sent?
 
 The cap covers every try of the task instance together, so it starts from what the record of earlier tries
-says (:meth:`CostCap.fold`). Then, for each request, the driver (the worker's threads or the trigger) asks
-:meth:`CostCap.admit` before writing the request's receipt, and hands the request to :meth:`CostCap.settle`
-once its outcome is recorded::
-
-    cap = CostCap(max_cost_usd)
-    cap.fold(requests_of_every_try)
-    while (decision := cap.admit(images)) is Admission.WAIT:
-        sleep(WAIT_SECONDS)                # a request in flight will settle and say more
-    if decision is Admission.STOP:
-        ...                                # not sent: the task ends with GrokBudgetExceededError
-    ... send, record ...
-    if (why := cap.settle(request)):
-        log.error(why)                     # the cap cannot be enforced any more
+says (:meth:`CostCap.fold`). Then the batch driver (``driver.py``) asks :meth:`CostCap.admit` before each
+request's receipt is written, and hands the request back with :meth:`CostCap.release` once its outcome is
+recorded (or :meth:`CostCap.withdraw` when it was admitted but never sent). It is not thread-safe: the
+executors serialise their calls to the driver.
 
 The rules:
 
 - Before any answer has told the price, one request goes alone (the worker also makes it a request of one
   image, the smallest bill possible: :attr:`CostCap.needs_probe`).
-- After that, the worst case of everything unsettled is reserved at the highest price per image seen so
+- After that, the worst case of everything not yet released is reserved at the highest price per image seen so
   far: requests in flight, and requests sent whose answer was never seen (they may have been billed).
 - A request is sent only if what was billed plus every reservation plus its own worst case stays within
   the cap. If it does not fit but requests are in flight, the driver waits for them (one may fail and free
   its reservation); with nothing in flight, sending stops for good.
 - An answer that reports no cost (``usage.cost_in_usd_ticks``) makes the cap unenforceable: sending stops
-  at once, before more is spent, and :meth:`settle` says why.
+  at once, before more is spent, and :meth:`release` says why.
 """
 
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_provider_grok.record.cost import USD_TICKS
-from airflow_provider_grok.record.records import FILTERED, RequestRecord
-
-# How long a driver sleeps before asking again after Admission.WAIT (requests take seconds).
-WAIT_SECONDS = 0.05
+from airflow_provider_grok.record.lifecycle import FILTERED
+from airflow_provider_grok.record.records import RequestRecord
 
 
 class Admission(enum.Enum):
     SEND = "send"  # reserved: send it now
-    WAIT = "wait"  # ask again when a request in flight has settled
+    WAIT = "wait"  # ask again when a request in flight is released
     STOP = "stop"  # not sent, nor any request after it
 
 
@@ -63,16 +51,14 @@ class CostCap:
         self.price_ticks: float | None = None  # the highest cost per image seen so far
         self.unenforceable: str | None = None
         self.stopped = False
-        self._in_flight = 0  # images reserved by requests admitted and not settled
-        self._lock = threading.Lock()  # held for microseconds: safe in the triggerer's event loop too
+        self._in_flight = 0  # images reserved by requests admitted and not released
 
     # --- what is known before sending ---
 
     def fold(self, requests: Iterable[RequestRecord]) -> None:
         """Account for requests already recorded (earlier tries, or the trigger before a restart)."""
-        with self._lock:
-            for request in requests:
-                self._account(request)
+        for request in requests:
+            self._account(request)
 
     @property
     def needs_probe(self) -> bool:
@@ -85,35 +71,38 @@ class CostCap:
         """May a request of ``images`` images be sent now? ``SEND`` reserves its worst case."""
         if self.cap_ticks is None:
             return Admission.SEND
-        with self._lock:
-            if self.stopped or self.unenforceable:
-                self.stopped = True
-                return Admission.STOP
-            if self.price_ticks is None:
-                if self._in_flight:
-                    return Admission.WAIT  # the request in flight will tell the price
-                self._in_flight += images
-                return Admission.SEND
-            if self._worst_ticks(images) <= self.cap_ticks:
-                self._in_flight += images
-                return Admission.SEND
-            if self._in_flight:
-                return Admission.WAIT
+        if self.stopped or self.unenforceable:
             self.stopped = True
             return Admission.STOP
+        if self.price_ticks is None:
+            if self._in_flight:
+                return Admission.WAIT  # the request in flight will tell the price
+            self._in_flight += images
+            return Admission.SEND
+        if self._worst_ticks(images) <= self.cap_ticks:
+            self._in_flight += images
+            return Admission.SEND
+        if self._in_flight:
+            return Admission.WAIT
+        self.stopped = True
+        return Admission.STOP
 
-    def settle(self, request: RequestRecord) -> str | None:
+    def release(self, request: RequestRecord) -> str | None:
         """
         Release an admitted request's reservation and account for its outcome. Returns why the cap cannot
         be enforced any more when this request made it so (once), else None.
         """
         if self.cap_ticks is None:
             return None
-        with self._lock:
-            self._in_flight = max(self._in_flight - request.count, 0)
-            before = self.unenforceable
-            self._account(request)
-            return self.unenforceable if self.unenforceable != before else None
+        self._in_flight = max(self._in_flight - request.count, 0)
+        before = self.unenforceable
+        self._account(request)
+        return self.unenforceable if self.unenforceable != before else None
+
+    def withdraw(self, images: int) -> None:
+        """Release the reservation of a request admitted but never sent (its receipt could not be written)."""
+        if self.cap_ticks is not None:
+            self._in_flight = max(self._in_flight - images, 0)
 
     # --- reading it ---
 

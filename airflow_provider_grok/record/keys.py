@@ -16,6 +16,7 @@ worker, ``d`` the trigger) and a counter. A request the trigger sends again afte
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -27,7 +28,15 @@ BOOKKEEPING_DIR = "_grok"
 RECEIPTS_DIR = f"{BOOKKEEPING_DIR}/requests"
 PLANS_DIR = f"{BOOKKEEPING_DIR}/plans"
 
-WORKER, TRIGGER = "s", "d"  # who sends a request: the worker's threads (sync) or the trigger (deferred)
+
+class Sender(enum.StrEnum):
+    """Who sends a request, the letter in its id: the worker's threads (sync) or the trigger (deferred)."""
+
+    WORKER = "s"
+    TRIGGER = "d"
+
+
+WORKER, TRIGGER = Sender.WORKER, Sender.TRIGGER
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9!_.*'()=-]+")
 _IMAGE_NAME = re.compile(r"^(?P<prompt>\d+)-(?P<image>\d+)\.(?P<ext>jpg|png|webp)$")
@@ -83,9 +92,9 @@ def is_bookkeeping_key(prefix: str, key: str) -> bool:
 # --- request ids ---
 
 
-def request_id(try_number: int, execution: str, sender: str, sequence: int) -> str:
+def request_id(try_number: int, execution: str, sender: Sender, sequence: int) -> str:
     """``t1-3f9a2c-d00007``: see the module doc."""
-    return f"t{try_number}-{execution}-{sender}{sequence:05d}"
+    return f"t{try_number}-{execution}-{sender.value}{sequence:05d}"
 
 
 def resent_id(planned_id: str, earlier_receipts: int) -> str:

@@ -1,10 +1,9 @@
 """
 The records: whose work it is, each request's receipt and its states, each stored image, each prompt.
 
-A request's receipt moves forward only, ``sent`` → ``answered`` → ``stored`` (or ``filtered`` /
-``failed``), and is written at each step (``sequence.py`` says when). Each image object carries its own
-record in its S3 metadata: :func:`image_metadata` writes it and :func:`image_from_metadata` reads it back,
-side by side, so the schema is spelled once.
+A request's receipt moves forward only, by the transitions of ``lifecycle.py``, and is written at each
+step. Each image object carries its own record in its S3 metadata: :func:`image_metadata` writes it and
+:func:`image_from_metadata` reads it back, side by side, so the schema is spelled once.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from airflow_provider_grok import __version__
+from airflow_provider_grok.record.lifecycle import BILLED_STATES, FAILED, PROGRESS, SENT, RequestState
 
-MANIFEST_VERSION = 2
 RECEIPT_VERSION = 1
 GENERATOR = f"airflow-provider-grok/{__version__}"  # in object metadata and manifests
 
-# Receipt states. ``sent``: the request may be in flight or may have been billed without an answer seen.
-SENT, ANSWERED, STORED, FILTERED, FAILED = "sent", "answered", "stored", "filtered", "failed"
-_STATE_ORDER = {SENT: 0, ANSWERED: 1, STORED: 2, FILTERED: 2, FAILED: 2}
-BILLED_STATES = frozenset({ANSWERED, STORED, FILTERED})
 OWNER_FIELDS = ("dag_id", "task_id", "run_id", "map_index")
 
 
@@ -147,7 +142,7 @@ class RequestRecord:
     One generation request (at most 10 images of one prompt): its receipt in S3 and its line in the manifest.
 
     :param id: unique within the task instance (``keys.request_id``).
-    :param state: ``sent``, ``answered``, ``stored``, ``filtered`` or ``failed`` (see the module doc).
+    :param state: where it is in its lifecycle (``lifecycle.RequestState``); only ``lifecycle`` moves it.
     :param maybe_billed: for ``failed``: the request may still have been billed (no HTTP answer, e.g. a timeout).
     :param unanswered_attempts: the hook's earlier attempts of this request whose answer never arrived (a
         timeout after sending, a connection dropped mid-answer): each may have been billed too.
@@ -159,7 +154,7 @@ class RequestRecord:
     first_image_index: int
     count: int
     fingerprint: str
-    state: str = SENT
+    state: RequestState = SENT
     returned: int | None = None
     filtered: int = 0
     model: str | None = None
@@ -198,6 +193,7 @@ class RequestRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["images"] = [StoredImage.from_json(i) for i in data.get("images") or []]
+        values["state"] = RequestState.read(data.get("state"))
         return cls(**values)
 
     def receipt(self, identity: TaskIdentity) -> dict[str, Any]:
@@ -207,7 +203,7 @@ class RequestRecord:
 
 def newer(a: RequestRecord, b: RequestRecord) -> RequestRecord:
     """The later of two versions of one request's record (a receipt only ever moves forward)."""
-    return b if _STATE_ORDER.get(b.state, 0) >= _STATE_ORDER.get(a.state, 0) else a
+    return b if PROGRESS[b.state] >= PROGRESS[a.state] else a
 
 
 @dataclass
@@ -244,7 +240,7 @@ class PromptRecord:
         if image.model and image.model not in self.models:
             self.models.append(image.model)
 
-    def settle_status(self, *, allow_partial: bool) -> None:
+    def decide_status(self, *, allow_partial: bool) -> None:
         """Set the status (and, for a failure, the reason) once generation has run."""
         if self.missing:
             self.status = "failed"
@@ -265,3 +261,10 @@ class PromptRecord:
         data = asdict(self)
         data["images"] = sorted(data["images"], key=lambda i: i["image_index"])
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PromptRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["images"] = [StoredImage.from_json(i) for i in data.get("images") or []]
+        return cls(**values)

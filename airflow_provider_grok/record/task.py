@@ -12,8 +12,10 @@ A try starts by folding, in this order:
    metadata is its record. An image is reused only if it is still in S3 at its recorded size and was made
    by this task instance for today's prompt and parameters (the fingerprint).
 
-Then :meth:`TaskRecord.pending_jobs` asks only for what is not stored, and the manifest (``report.py``)
-folds it all; the receipts it holds are deleted once it is written (:attr:`TaskRecord.folded_keys`).
+Then :meth:`TaskRecord.pending_jobs` asks only for what is not stored; the batch driver (``driver.py``)
+sends them, each request moving through ``lifecycle.py``; :meth:`TaskRecord.end_batch` takes why the batch
+stopped, if it did; :meth:`TaskRecord.decide` gives each prompt its status; the manifest (``manifest.py``)
+folds it all, and the receipts it holds are deleted once it is written (:attr:`TaskRecord.folded_keys`).
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from airflow_provider_grok.exceptions import GrokError, GrokPrefixInUseError
+from airflow_provider_grok.exceptions import GrokPrefixInUseError
 from airflow_provider_grok.protocol import split_n
 from airflow_provider_grok.record.cap import CostCap
+from airflow_provider_grok.record.driver import BatchStop
 from airflow_provider_grok.record.keys import (
+    Sender,
     is_bookkeeping_key,
     parse_image_key,
     receipt_key,
     request_id,
 )
+from airflow_provider_grok.record.lifecycle import FAILED, FILTERED, STORED
+from airflow_provider_grok.record.manifest import Manifest
+from airflow_provider_grok.record.plan import Job
 from airflow_provider_grok.record.records import (
-    FAILED,
-    FILTERED,
-    MANIFEST_VERSION,
-    STORED,
     PromptRecord,
     RequestRecord,
     StoredImage,
@@ -42,15 +45,9 @@ from airflow_provider_grok.record.records import (
     image_from_metadata,
     newer,
 )
-from airflow_provider_grok.record.sequence import Job
 
 # key -> (the fingerprint it was made for, the image, made by an earlier try)
 Candidates = dict[str, tuple[str, StoredImage, bool]]
-
-
-def current_manifest(document: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A manifest this release folds (its version), else None (a manifest of another version is not read)."""
-    return dict(document) if document is not None and document.get("manifest_version") == MANIFEST_VERSION else None
 
 
 class TaskRecord:
@@ -82,6 +79,7 @@ class TaskRecord:
         self.requests: dict[str, RequestRecord] = {}
         self.reused = 0  # images adopted from earlier tries
         self.folded_keys: set[str] = set()  # receipts and plans the next manifest holds: delete once written
+        self.stop: BatchStop | None = None  # why this try's batch stopped sending, if it did
         self._sequence = 0
 
     # --- folding what earlier tries (or the trigger) left ---
@@ -99,17 +97,15 @@ class TaskRecord:
             "unset for grok/<dag>/<run>/<task>, or include {{ run_id }}), or delete that prefix to start over."
         )
 
-    def fold(
-        self, manifest: Mapping[str, Any] | None, receipts: Iterable[Mapping[str, Any]], keys: Iterable[str]
-    ) -> None:
+    def fold(self, manifest: Manifest | None, receipts: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> None:
         """
         Fold the manifest and the receipts (``keys``: every key under the prefix). Receipts may come one at
         a time; one of another task instance raises :class:`GrokPrefixInUseError` when it is reached, which
         is still before anything is sent or written (folding only changes this record in memory).
         """
-        self.check_owner(manifest, "its manifest")
+        self.check_owner(None if manifest is None else manifest.raw, "its manifest")
         self.folded_keys.update(key for key in keys if is_bookkeeping_key(self.prefix, key))
-        for data in (manifest or {}).get("requests", []):
+        for data in manifest.requests() if manifest is not None else ():
             self._fold_request(data)
         for receipt in receipts:
             self.check_owner(receipt, "a request receipt")
@@ -117,7 +113,7 @@ class TaskRecord:
         for request in self._this_try_requests():
             # This try's own requests (the trigger's, on resume): errors and unstored images.
             record = self.prompts[request.prompt_index]
-            if request.state == FAILED:
+            if request.state in (FAILED, FILTERED):
                 record.error = request.error
             record.not_stored.extend(request.not_stored)
         self.cap.fold(self.requests.values())
@@ -136,25 +132,25 @@ class TaskRecord:
             and r.try_number == self.identity.try_number
         ]
 
-    def _known_images(self, manifest: Mapping[str, Any] | None) -> Candidates:
+    def _known_images(self, manifest: Manifest | None) -> Candidates:
         candidates: Candidates = {}
-        for prompt in (manifest or {}).get("prompts", []):
-            for image in prompt.get("images", []):
-                candidates[image["key"]] = (prompt.get("fingerprint"), StoredImage.from_json(image), True)
+        for prompt in manifest.prompts if manifest is not None else ():
+            for image in prompt.images:
+                candidates[image.key] = (prompt.fingerprint, image, True)
         for request in self.requests.values():
             earlier = request.try_number != self.identity.try_number
             for image in request.images:
                 candidates[image.key] = (request.fingerprint, image, earlier)
         return candidates
 
-    def orphan_keys(self, manifest: Mapping[str, Any] | None, listing: Mapping[str, int]) -> list[str]:
+    def orphan_keys(self, manifest: Manifest | None, listing: Mapping[str, int]) -> list[str]:
         """Image keys under the prefix that no record lists: the driver reads their metadata (HEAD)."""
         known = self._known_images(manifest)
         return [key for key in listing if key not in known and parse_image_key(self.prefix, key) is not None]
 
     def fold_images(
         self,
-        manifest: Mapping[str, Any] | None,
+        manifest: Manifest | None,
         listing: Mapping[str, int],
         orphans: Mapping[str, tuple[int, str, Mapping[str, str]]],
     ) -> None:
@@ -212,7 +208,7 @@ class TaskRecord:
 
     # --- planning ---
 
-    def pending_jobs(self, sender: str) -> list[Job]:
+    def pending_jobs(self, sender: Sender) -> list[Job]:
         """
         The requests still needed: only the images not already stored (or removed by moderation), from
         ``sender`` (``keys.WORKER`` or ``keys.TRIGGER``). Under a money cap whose price is not known yet, the
@@ -231,7 +227,7 @@ class TaskRecord:
                 start += chunk
         return jobs
 
-    def lost_in_trigger(self, sender: str) -> list[Job]:
+    def lost_in_trigger(self, sender: Sender) -> list[Job]:
         """
         After a deferral: images still missing that no error explains were paid for in the triggerer but
         lost between an answer and its storing (a triggerer crash); the worker generates them.
@@ -256,21 +252,28 @@ class TaskRecord:
             record.add_image(image)
         record.not_stored.extend(request.not_stored)
         record.filtered += request.filtered
-        if request.state == FAILED:
-            record.error = request.error
+        if request.state in (FAILED, FILTERED):
+            record.error = request.error  # a filtered prompt's record says why it has no images
 
-    def record_batch_failure(self, err: GrokError) -> None:
-        """A failure of the whole batch (e.g. the trigger's): every prompt still missing images says why."""
+    def end_batch(self, stop: BatchStop | None) -> None:
+        """
+        Why the batch stopped sending (None: it did not), from the driver (sync) or the trigger's event
+        (deferred), so both read the same: every prompt still missing images without an error of its own
+        names the stop.
+        """
+        self.stop = stop
+        if stop is None:
+            return
         for record in self.prompts:
             if record.missing and record.error is None:
-                record.error = f"{type(err).__name__}: {err.message}"
+                record.error = stop.unsent_reason()
 
     # --- the end of a try ---
 
-    def settle(self) -> str:
-        """Settle each prompt's status; the task instance's: ``complete``, ``partial`` or ``failed``."""
+    def decide(self) -> str:
+        """Decide each prompt's status; the task instance's: ``complete``, ``partial`` or ``failed``."""
         for record in self.prompts:
-            record.settle_status(allow_partial=self.allow_partial)
+            record.decide_status(allow_partial=self.allow_partial)
         statuses = {r.status for r in self.prompts}
         return "failed" if "failed" in statuses else "complete" if statuses == {"complete"} else "partial"
 

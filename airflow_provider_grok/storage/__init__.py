@@ -1,6 +1,6 @@
 """
 S3 I/O only: :class:`S3ImageStore` moves a task instance's objects, :class:`RequestLedger` writes the durable
-sequence of each request as ``record/sequence.py`` spells it. Imported at run time only: it pulls in boto3.
+writes of each request in the order ``record/lifecycle.py`` gives. Imported at run time only: it pulls in boto3.
 """
 
 from airflow_provider_grok.storage.ledger import RequestLedger, read_plan, write_plan

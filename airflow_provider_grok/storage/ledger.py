@@ -1,7 +1,7 @@
 """
-The writes of each request's durable sequence (``record/sequence.py`` says what they mean and in which
-order), shared by the worker's threads and the trigger (through ``asyncio.to_thread``): receipts to S3,
-answers' images fetched and uploaded with their own record in their metadata.
+The durable writes of each request, in the order ``record/lifecycle.py`` gives (and whose transitions it
+makes), shared by the worker's threads and the trigger (through ``asyncio.to_thread``): receipts to
+storage, answers' images fetched and uploaded with their own record in their metadata.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 
 from airflow_provider_grok.exceptions import GrokImageDownloadError, GrokStorageError
 from airflow_provider_grok.protocol import GeneratedImage, ImageBytes, ImageGenerationResult
-from airflow_provider_grok.record import CostCap, RequestRecord, TaskIdentity, sequence
+from airflow_provider_grok.record import CostCap, RequestRecord, TaskIdentity, lifecycle, plan
 from airflow_provider_grok.record.keys import image_key, plan_key, receipt_key
+from airflow_provider_grok.record.lifecycle import ObjectFacts
+from airflow_provider_grok.record.plan import Job, Params
 from airflow_provider_grok.record.records import image_metadata
-from airflow_provider_grok.record.sequence import Job, Params
 from airflow_provider_grok.storage.s3 import S3ImageStore
 
 
@@ -40,10 +41,10 @@ class RequestLedger:
     def _write(self, request: RequestRecord) -> None:
         self.store.put_json(receipt_key(self.store.prefix, request.id), request.receipt(self.identity))
 
-    def note(self, request: RequestRecord) -> None:
+    def write_outcome(self, request: RequestRecord) -> None:
         """
-        Write a receipt after the request was paid (its outcome, from ``sequence.conclude``). If S3 refuses
-        it, go on: the images carry their own record, and the ``sent`` receipt already says "may be billed".
+        Write a receipt after the request was paid (its outcome, from ``lifecycle.conclude``). If storage
+        refuses it, go on: the images carry their own record, and the ``sent`` receipt says "may be billed".
         """
         try:
             self._write(request)
@@ -56,14 +57,12 @@ class RequestLedger:
                 err.message,
             )
 
-    def sent(self, job: Job) -> RequestRecord:
+    def write_sent(self, request: RequestRecord) -> None:
         """
-        Record the intent before the request goes out (a crash after this may have been billed). If S3 refuses
-        the receipt, the GrokStorageError is raised and the request must not be sent.
+        Record the intent before the request goes out (a crash after this may have been billed). If storage
+        refuses the receipt, the GrokStorageError is raised and the request must not be sent.
         """
-        request = job.record(self.identity.try_number)
         self._write(request)
-        return request
 
     def store_answer(self, request: RequestRecord, result: ImageGenerationResult, prompt: str) -> None:
         """
@@ -72,8 +71,8 @@ class RequestLedger:
         so the next request need not wait for S3: until the ``answered`` receipt lands, the ``sent`` one
         already counts the request as possibly billed.
         """
-        self.note(request)
-        images = sequence.images_to_store(request, result)
+        self.write_outcome(request)
+        images = lifecycle.images_to_store(request, result)
         if len(result.images) > len(images):
             self.log.warning(
                 "Prompt %d: the gateway returned %d images for n=%d; the extra %d are billed but not stored.",
@@ -84,7 +83,7 @@ class RequestLedger:
             )
         for index, image in images:
             try:
-                request.images.append(self._store_image(request, image, index, prompt))
+                lifecycle.add_stored(request, self._store_image(request, image, index, prompt))
             except (GrokImageDownloadError, GrokStorageError) as err:
                 self.log.error(
                     "Prompt %d: image %d was generated (paid) but not stored%s: %s",
@@ -93,19 +92,17 @@ class RequestLedger:
                     f"; its temporary URL, while it lasts: {image.url}" if image.url else "",
                     err.message,
                 )
-                sequence.not_stored(request, index, image.url, err)
-        sequence.conclude_storing(request)
-        self.note(request)
+                lifecycle.add_not_stored(request, index, image.url, err)
+        lifecycle.finish_storing(request)
+        self.write_outcome(request)
 
     def _store_image(self, request: RequestRecord, image: GeneratedImage, index: int, prompt: str) -> Any:
         data = self.fetch_image(image)
         kind = data.image_type  # read from the magic numbers when the bytes were fetched
         digest = hashlib.sha256(data)
         key = image_key(self.store.prefix, request.prompt_index, index, kind.extension)
-        stored = sequence.stored_image(
-            request, index, image.revised_prompt, prompt, bucket=self.store.bucket, key=key,
-            content_type=kind.mime_type, size_bytes=len(data), sha256=digest.hexdigest(),
-        )  # fmt: skip
+        facts = ObjectFacts(self.store.uri(key), self.store.bucket, key, kind.mime_type, len(data), digest.hexdigest())
+        stored = lifecycle.stored_image(request, index, image.revised_prompt, prompt, facts)
         metadata = image_metadata(self.identity, stored, request.fingerprint, request.id)
         self.store.put_image(key, data, kind.mime_type, metadata, digest=digest)
         return stored
@@ -113,18 +110,18 @@ class RequestLedger:
 
 def write_plan(store: S3ImageStore, execution: str, jobs: Iterable[tuple[Job, Params]], cap: CostCap | None) -> str:
     """
-    Store what a trigger is to send (``sequence.plan_document``) and return the object's key. The trigger's
+    Store what a trigger is to send (``plan.plan_document``) and return the object's key. The trigger's
     kwargs (kept in the metadata DB) then name one key, whatever the batch size, and a restarted trigger
     reads the same plan.
     """
     key = plan_key(store.prefix, execution)
-    store.put_json(key, sequence.plan_document(jobs, cap))
+    store.put_json(key, plan.plan_document(jobs, cap))
     return key
 
 
 def read_plan(store: S3ImageStore, key: str) -> tuple[list[tuple[Job, Params]], CostCap]:
     """The plan :func:`write_plan` stored; a missing plan is a :class:`GrokStorageError`."""
-    plan = store.read_json(key)
-    if plan is None:
+    document = store.read_json(key)
+    if document is None:
         raise GrokStorageError(f"The trigger's plan {store.uri(key)} is missing: was the prefix deleted?")
-    return sequence.read_plan_document(plan)
+    return plan.read_plan_document(document)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_provider_grok.exceptions import GrokStorageError
+from airflow_provider_grok.record import manifest
 from airflow_provider_grok.record.keys import manifest_key
 from airflow_provider_grok.record.records import GENERATOR
 
@@ -84,33 +84,6 @@ def outage_seconds() -> float:
     from airflow.sdk.configuration import conf
 
     return conf.getfloat("grok", "s3_outage_seconds", fallback=DEFAULT_S3_OUTAGE_SECONDS)
-
-
-def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """
-    The manifest as JSON with one prompt or request per line: readable and greppable. Each item is encoded
-    by json's C encoder and written to one buffer as it comes (``indent`` would switch to the pure-Python
-    encoder, whose millions of small chunks cost 100 MB and seconds at 10,000 prompts; joining strings
-    would hold the document three times over).
-    """
-    out = io.BytesIO()
-
-    def dump(value: Any) -> bytes:
-        return json.dumps(value, ensure_ascii=False).encode()
-
-    out.write(b"{")
-    for position, (name, value) in enumerate(manifest.items()):
-        out.write(b",\n  " if position else b"\n  ")
-        out.write(dump(name) + b": ")
-        if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-            for index, item in enumerate(value):
-                out.write(b",\n    " if index else b"[\n    ")
-                out.write(dump(item))
-            out.write(b"\n  ]" if len(value) else b"[]")
-        else:
-            out.write(dump(value))
-    out.write(b"\n}\n")
-    return out.getvalue()  # the buffer itself, not a copy
 
 
 class _S3Hook(S3Hook):
@@ -198,12 +171,15 @@ class S3ImageStore:
         body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
         self._put(key, body, "application/json", {"generator": GENERATOR})
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest object as stored, or None. Also the cheap pre-flight check of bucket and access."""
-        return self.read_json(self.manifest_key)
+    def read_manifest(self) -> manifest.Manifest | None:
+        """
+        The manifest, if there is one of this release's version. Also the cheap pre-flight check of bucket
+        and access (a missing bucket or a refused read raises here, before anything is spent).
+        """
+        return manifest.Manifest.read(self.read_json(self.manifest_key))
 
-    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        self._put(self.manifest_key, manifest_bytes(manifest), "application/json", {"generator": GENERATOR})
+    def write_manifest(self, document: Mapping[str, Any]) -> None:
+        self._put(self.manifest_key, manifest.encode(document), "application/json", {"generator": GENERATOR})
 
     def put_image(
         self, key: str, data: bytes, content_type: str, metadata: Mapping[str, Any], *, digest: Any = None

@@ -14,6 +14,7 @@ Faults apply to writes (PUT, POST, DELETE) unless ``reads=True``. ``proxy.refuse
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,7 @@ class S3FaultProxy:
         self._bind = (host, port)
         self._lock = threading.Lock()
         self._mode: str | None = None  # None: forward; "throttle", "deny" or "gone"
+        self._denied_keys: re.Pattern[str] | None = None  # writes to matching paths are always refused
         self._remaining: int | None = None
         self._reads = False
         self.refused = 0
@@ -75,6 +77,11 @@ class S3FaultProxy:
         """Answer 403 AccessDenied to writes, as S3 does once keys expire or a bucket policy changes."""
         self._set("deny", times, False)
 
+    def deny_writes_to(self, pattern: str) -> None:
+        """Answer 403 AccessDenied to every write whose path matches the regex ``pattern`` (a key's own policy)."""
+        with self._lock:
+            self._denied_keys = re.compile(pattern)
+
     def go_away(self, *, reads: bool = True) -> None:
         """Drop every connection without an answer, as an endpoint that disappeared."""
         self._set("gone", None, reads)
@@ -86,9 +93,12 @@ class S3FaultProxy:
         with self._lock:
             self._mode, self._remaining, self._reads = mode, times, reads
 
-    def take_fault(self, method: str) -> str | None:
+    def take_fault(self, method: str, path: str = "") -> str | None:
         """The fault this request meets, if any (counting it)."""
         with self._lock:
+            if method in WRITES and self._denied_keys is not None and self._denied_keys.search(path):
+                self.refused += 1
+                return "deny"
             if self._mode is None or (method not in WRITES and not self._reads):
                 return None
             mode = self._mode
@@ -131,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _relay(self) -> None:
         body = self._body()
-        fault = self.server.proxy.take_fault(self.command)
+        fault = self.server.proxy.take_fault(self.command, self.path)
         if fault == "gone":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

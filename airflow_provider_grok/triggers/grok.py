@@ -1,7 +1,8 @@
 """GrokGenerateImagesTrigger: a deferred task's requests, awaited, stored and recorded in the triggerer.
 
-The trigger runs the same durable sequence as the worker for each request (receipt ``sent``, request,
-receipt ``answered``, images to S3, receipt ``stored``; see ``record/sequence.py``). Hence:
+The trigger is the asyncio executor of the batch driver (``record/driver.py``): each of its
+``max_concurrency`` coroutines runs the driver's loop, and every request goes through the same durable
+writes as in the worker (``record/lifecycle.py``). Hence:
 
 - a triggerer restarted mid-batch (upgrade, crash) runs the trigger again from its kwargs, reads the
   receipts and skips every request whose answer had arrived: only the requests in flight at the restart
@@ -24,16 +25,8 @@ from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_grok import exceptions
-from airflow_provider_grok.exceptions import GrokError, GrokResponseError, GrokStorageError
-
-# Error types an event may name: an explicit map built once from exceptions.py (every GrokError it defines),
-# never a name looked up in a module at the moment an event is read.
-ERROR_TYPES: dict[str, type[GrokError]] = {
-    cls.__name__: cls
-    for cls in vars(exceptions).values()
-    if isinstance(cls, type) and issubclass(cls, GrokError) and cls.__module__ == exceptions.__name__
-}
+from airflow_provider_grok.exceptions import ERROR_TYPES, GrokError, GrokResponseError, GrokStorageError, error_class
+from airflow_provider_grok.record.driver import BatchStop, StopReason
 
 
 @dataclass(frozen=True)
@@ -42,25 +35,31 @@ class GenerationEvent:
     The one event a :class:`GrokGenerateImagesTrigger` yields (``version`` guards against a trigger and a
     worker of different provider releases). The results themselves are in S3, not in the event.
 
-    :param status: ``success`` (every request was answered, failed on its own or was filtered) or ``error``
-        (the batch stopped: a rejected key, an unknown model, S3 refusing writes, an unexpected fault).
+    :param status: ``success`` (every request was sent: answered, failed on its own or filtered) or ``error``
+        (the batch stopped: ``stop_reason`` says why, as ``record.BatchStop`` does in the worker).
     :param sent: requests this run of the trigger sent.
     :param skipped: requests already answered before a triggerer restart, not sent again.
     """
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     status: str
     sent: int = 0
     skipped: int = 0
+    stop_reason: str | None = None
     error_type: str | None = None
     message: str | None = None
     status_code: int | None = None
 
     @classmethod
+    def stopped(cls, stop: BatchStop, *, sent: int = 0, skipped: int = 0) -> GenerationEvent:
+        name = stop.error_type if stop.error_type in ERROR_TYPES else "GrokError"
+        return cls("error", sent, skipped, str(stop.reason), name, stop.message, stop.status)
+
+    @classmethod
     def failure(cls, err: GrokError, *, sent: int = 0, skipped: int = 0) -> GenerationEvent:
-        name = type(err).__name__ if type(err).__name__ in ERROR_TYPES else "GrokError"
-        return cls("error", sent, skipped, name, err.message, err.status)
+        """The trigger itself failed (a broken connection, an unexpected fault): the batch was stopped."""
+        return cls.stopped(BatchStop.of(StopReason.KILLED, err), sent=sent, skipped=skipped)
 
     def to_payload(self) -> dict[str, Any]:
         return {"version": self.VERSION, **asdict(self)}
@@ -68,6 +67,8 @@ class GenerationEvent:
     @classmethod
     def from_payload(cls, payload: Any) -> GenerationEvent:
         """Read an event; anything malformed or of another version becomes an ``error`` event saying so."""
+        if isinstance(payload, Mapping) and payload.get("version") == 1:
+            payload = {**payload, "version": cls.VERSION, "stop_reason": _v1_stop_reason(payload)}
         if not isinstance(payload, Mapping) or payload.get("version") != cls.VERSION:
             found = payload.get("version") if isinstance(payload, Mapping) else type(payload).__name__
             return cls(
@@ -86,12 +87,34 @@ class GenerationEvent:
         return event
 
     @property
-    def error(self) -> GrokError | None:
-        """The batch's error, rebuilt with its original type; None for a successful batch."""
+    def stop(self) -> BatchStop | None:
+        """Why the batch stopped, as the worker's driver would say it; None for a successful batch."""
         if self.status == "success":
             return None
-        error_type = ERROR_TYPES.get(str(self.error_type), GrokError)
-        return error_type(str(self.message), status=self.status_code)
+        try:
+            reason = StopReason(str(self.stop_reason))
+        except ValueError:
+            reason = StopReason.KILLED
+        return BatchStop(reason, str(self.error_type or "GrokError"), str(self.message), self.status_code)
+
+    @property
+    def error(self) -> GrokError | None:
+        """The batch's error, rebuilt with its original type; None for a successful batch."""
+        return (
+            None
+            if self.status == "success"
+            else error_class(str(self.error_type))(str(self.message), status=self.status_code)
+        )
+
+
+def _v1_stop_reason(payload: Mapping[str, Any]) -> str | None:
+    """A version-1 event (the previous release's trigger, during an upgrade) named no stop reason: infer it."""
+    if payload.get("status") != "error":
+        return None
+    error_type = payload.get("error_type")
+    if error_type == "GrokBudgetExceededError":
+        return str(StopReason.COST_CAP)
+    return str(StopReason.STORAGE_REFUSED if error_type == "GrokStorageError" else StopReason.FATAL_ERROR)
 
 
 class GrokGenerateImagesTrigger(BaseTrigger):
@@ -169,24 +192,22 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         already counted against the cap.
         """
         from airflow_provider_grok.hooks.grok import GrokHook
-        from airflow_provider_grok.record import TaskIdentity, keys, sequence
+        from airflow_provider_grok.record import TaskIdentity, keys, plan
         from airflow_provider_grok.storage import RequestLedger, S3ImageStore, read_plan
 
         store = S3ImageStore(self.aws_conn_id, self.bucket, self.prefix, self.s3_extra_args)
         downloads = GrokHook(self.grok_conn_id, retry_backoff=self.retry_backoff, max_connections=self.max_concurrency)
         ledger = RequestLedger(store, TaskIdentity(**self.identity), downloads.fetch_image, self.log)
         receipts = store.read_json_many(key for key in store.list_prefix() if keys.is_receipt_key(store.prefix, key))
-        plan, cap = read_plan(store, self.plan_key)
-        cap.fold(sequence.receipts_of_plan(plan, receipts))
-        return ledger, plan, cap, receipts
+        jobs, cap = read_plan(store, self.plan_key)
+        cap.fold(plan.receipts_of_plan(jobs, receipts))
+        return ledger, jobs, cap, receipts
 
     async def _run(self) -> GenerationEvent:
-        from airflow_provider_grok.exceptions import GrokBudgetExceededError
-        from airflow_provider_grok.hooks.grok import GrokAsyncHook, log_label
-        from airflow_provider_grok.record import Admission, Next, sequence
-        from airflow_provider_grok.record.cap import WAIT_SECONDS
+        from airflow_provider_grok.hooks.grok import GrokAsyncHook
+        from airflow_provider_grok.record import BatchDriver, plan
 
-        ledger, plan, cap, receipts = await asyncio.to_thread(self._open)
+        ledger, jobs, cap, receipts = await asyncio.to_thread(self._open)
         hook = GrokAsyncHook(
             self.grok_conn_id,
             retry_backoff=self.retry_backoff,
@@ -195,64 +216,50 @@ class GrokGenerateImagesTrigger(BaseTrigger):
         )
         try:
             await hook.load_settings()  # a broken connection fails the batch once, not per request
-            todo = sequence.still_to_send(plan, receipts)
+            todo = plan.still_to_send(jobs, receipts)
             if receipts:
                 self.log.warning(
                     "Resuming after a triggerer restart: %d of %d requests were already answered and are not "
                     "sent again; %d are sent now (those in flight at the restart may be billed twice).",
-                    len(plan) - len(todo),
-                    len(plan),
+                    len(jobs) - len(todo),
+                    len(jobs),
                     len(todo),
                 )
-            slots = asyncio.Semaphore(self.max_concurrency)
-            fatal: list[GrokError] = []
-            capped: list[Any] = []
-
-            def settle(request: Any) -> None:
-                if why := cap.settle(request):
-                    self.log.error("max_cost_usd: %s", why)
-
-            async def one(job: Any, params: Any) -> bool:
-                async with slots:
-                    if fatal:
-                        return False  # not sent: the worker records the batch's error for this prompt
-                    while (decision := cap.admit(job.count)) is Admission.WAIT:
-                        await asyncio.sleep(WAIT_SECONDS)
-                    if decision is Admission.STOP:
-                        capped.append(job)  # not sent: the worker names it in GrokBudgetExceededError
-                        return False
-                    try:
-                        request = await asyncio.to_thread(ledger.sent, job)
-                    except GrokStorageError as err:  # no receipt, no request: S3 refusing writes stops the batch
-                        if not fatal:
-                            self.log.error("S3 refuses writes (%s): no further generation request is sent.", err)
-                        fatal.append(err)
-                        return False
-                    outcome: Any
-                    try:
-                        with log_label(f"Prompt {job.prompt_index}"):
-                            outcome = await hook.generate(params)
-                    except GrokError as err:
-                        outcome = err
-                    step = sequence.conclude(request, outcome, params.model)
-                    settle(request)
-                    if step is Next.STORE:
-                        # Stored inside the slot: at most max_concurrency answers are held in memory.
-                        await asyncio.to_thread(ledger.store_answer, request, outcome, params.prompt)
-                        return True
-                    await asyncio.to_thread(ledger.note, request)
-                    if step is Next.STOP:
-                        fatal.append(outcome)
-                    return True
-
-            sent = sum(await asyncio.gather(*(one(job, params) for job, params in todo)))
-            skipped = len(plan) - len(todo)
-            if fatal:
-                return GenerationEvent.failure(fatal[0], sent=sent, skipped=skipped)
-            if capped:
-                self.log.warning("max_cost_usd: %d requests not sent (%s).", len(capped), cap.describe())
-                stop = GrokBudgetExceededError(f"max_cost_usd reached: {cap.describe()}", cap_usd=cap.max_cost_usd)
-                return GenerationEvent.failure(stop, sent=sent, skipped=skipped)
-            return GenerationEvent("success", sent=sent, skipped=skipped)
+            driver = BatchDriver(todo, cap, int(self.identity["try_number"]), self.log)
+            slots = max(min(self.max_concurrency, len(todo)), 1)
+            await asyncio.gather(*(self._slot(driver, hook, ledger) for _ in range(slots)))
+            skipped = len(jobs) - len(todo)
+            if driver.stop is not None:
+                return GenerationEvent.stopped(driver.stop, sent=driver.sent_count, skipped=skipped)
+            return GenerationEvent("success", sent=driver.sent_count, skipped=skipped)
         finally:
             await hook.aclose()  # also when the task is killed or the trigger times out (cancellation)
+
+    async def _slot(self, driver: Any, hook: Any, ledger: Any) -> None:
+        """One request slot: perform what the driver says until it says Finished (``record/driver.py``)."""
+        from airflow_provider_grok.hooks.grok import log_label
+        from airflow_provider_grok.record import WAIT_SECONDS, After, Finished, Send
+
+        while (action := driver.next()) is not Finished:
+            if not isinstance(action, Send):  # Wait: a request in flight will release cap room
+                await asyncio.sleep(WAIT_SECONDS)
+                continue
+            request = action.request
+            try:  # no receipt, no request
+                await asyncio.to_thread(ledger.write_sent, request)
+            except GrokStorageError as err:
+                driver.receipt_refused(request, err)
+                continue
+            driver.sent(request)
+            outcome: Any
+            try:
+                with log_label(f"Prompt {request.prompt_index}"):
+                    outcome = await hook.generate(action.params)
+            except GrokError as err:
+                outcome = err
+            if driver.answered(request, outcome, action.params.model) is After.STORE:
+                # Stored inside the slot: at most max_concurrency answers are held in memory.
+                await asyncio.to_thread(ledger.store_answer, request, outcome, action.params.prompt)
+            else:
+                await asyncio.to_thread(ledger.write_outcome, request)
+            driver.finished(request)

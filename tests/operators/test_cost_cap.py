@@ -9,9 +9,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_grok.testing import GrokSimulator
-from tests.operators.test_edit_operator import put_png
-from tests.operators.test_grok_operator import assert_objects_match_manifest, dag_source
-from tests.support import wait_until
+from tests.support import assert_objects_match_manifest, dag_source, put_png, wait_until
 
 PROMPTS = [f"cap prompt {i}" for i in range(8)]
 
@@ -40,7 +38,7 @@ def test_the_cap_stops_sending_before_the_bill_passes_it(grok_simulator, s3, dag
     assert len(missing) == 3
     assert all("max_cost_usd" in manifest["prompts"][i]["error"] for i in missing)
     logs = capfd.readouterr().out
-    assert "GrokBudgetExceededError" in logs
+    assert "GrokCostCapExceededError" in logs
     assert "$0.1000 billed of max_cost_usd=$0.1000" in logs
     for index in missing:
         assert f"{index} ('cap prompt {index}', 1 images)" in logs  # which prompts were not generated

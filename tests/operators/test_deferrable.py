@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import pendulum
 
-from tests.operators.test_grok_operator import assert_objects_match_manifest, dag_source
-
-VOLATILE = {"updated_at", "run_id", "try_number", "prefix", "dag_id", "requests"}
-
-
-def comparable(manifest: dict, prefix: str) -> dict:
-    """A manifest without what legitimately differs between two runs (ids, times, the prefix itself)."""
-    out = {k: v for k, v in manifest.items() if k not in VOLATILE}
-    out["prompts"] = [
-        {**record, "images": [{**i, "s3_uri": None, "key": i["key"].removeprefix(prefix)} for i in record["images"]]}
-        for record in manifest["prompts"]
-    ]
-    out["requests"] = sorted(
-        (r["prompt_index"], r["first_image_index"], r["count"], r["state"], r["usage"], r["returned"])
-        for r in manifest["requests"]
-    )
-    return out
+from tests.support import assert_objects_match_manifest, comparable, dag_source
 
 
 def test_deferrable_stores_byte_identical_objects_and_manifest(grok_simulator, s3, dag_runner):

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 import pendulum
 import pytest
-from PIL import Image
 
 from airflow_provider_grok.operators.grok import GrokEditImagesOperator
 from airflow_provider_grok.testing.context import TaskContext
-from tests.operators.test_grok_operator import assert_objects_match_manifest, dag_source
+from tests.support import assert_objects_match_manifest, dag_source, put_png
 
 SAME_RUN = pendulum.datetime(2026, 5, 2, tz="UTC")
-
-
-def put_png(s3, key: str, color: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (80, 48), color).save(out, "PNG")
-    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=out.getvalue())
-    return out.getvalue()
 
 
 def sha(data: bytes) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 
@@ -10,34 +9,7 @@ import pendulum
 import pytest
 
 from airflow_provider_grok.testing import GrokSimulator
-
-HEADER = """
-import datetime
-import pendulum
-from airflow.sdk import DAG, Asset, AssetAlias, Param
-from airflow_provider_grok.operators.grok import GrokEditImagesOperator, GrokGenerateImagesOperator
-
-with DAG("DAG_ID", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False, {dag_args}) as dag:
-"""
-
-
-def dag_source(body: str, **dag_args: str) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in dag_args.items())
-    return HEADER.format(dag_args=args) + "\n".join("    " + line for line in body.strip().splitlines())
-
-
-def assert_objects_match_manifest(s3, manifest: dict) -> None:
-    """Every image in the manifest is in S3 with those bytes, that sha256, that Content-Type, verified by S3."""
-    for record in manifest["prompts"]:
-        for image in record["images"]:
-            head = s3.client.head_object(Bucket=s3.bucket, Key=image["key"], ChecksumMode="ENABLED")
-            data = s3.get(image["key"])
-            digest = hashlib.sha256(data)
-            assert digest.hexdigest() == image["sha256"]
-            assert len(data) == image["size_bytes"] == head["ContentLength"]
-            assert head["ContentType"] == image["content_type"] == "image/jpeg"
-            assert image["key"].endswith(".jpg")
-            assert head["ChecksumSHA256"] == base64.b64encode(digest.digest()).decode()
+from tests.support import assert_objects_match_manifest, dag_source
 
 
 def test_one_prompt(grok_simulator, s3, dag_runner):
@@ -357,6 +329,13 @@ def test_operator_arguments_checked_at_parse_time():
 
     with pytest.raises(ValueError, match="max_concurrency=0"):
         GrokGenerateImagesOperator(task_id="t", prompt="x", s3_bucket="b", max_concurrency=0)
+    # A worker holds a thread per request; the triggerer awaits a few hundred for a few KB each.
+    with pytest.raises(ValueError, match=r"max_concurrency=300: .* 1 to 64 \(up to 500 with deferrable=True\)"):
+        GrokGenerateImagesOperator(task_id="t", prompt="x", s3_bucket="b", max_concurrency=300, deferrable=False)
+    deferred = GrokGenerateImagesOperator(task_id="t", prompt="x", s3_bucket="b", max_concurrency=300, deferrable=True)
+    assert deferred.max_concurrency == 300
+    with pytest.raises(ValueError, match="max_concurrency=501"):
+        GrokGenerateImagesOperator(task_id="t", prompt="x", s3_bucket="b", max_concurrency=501, deferrable=True)
     with pytest.raises(ValueError, match="allow_partial='yes'"):
         GrokGenerateImagesOperator(task_id="t", prompt="x", s3_bucket="b", allow_partial="yes")
 

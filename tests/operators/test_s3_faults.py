@@ -12,7 +12,7 @@ import time
 import pytest
 
 from airflow_provider_grok.testing.s3_faults import S3FaultProxy
-from tests.operators.test_grok_operator import dag_source
+from tests.support import dag_source
 
 PROMPTS = [f"s3 fault prompt {i}" for i in range(6)]
 
@@ -54,13 +54,13 @@ def test_a_brief_outage_loses_no_paid_image_and_a_retry_sends_only_what_was_not_
     original = proxy.take_fault
     outage: dict[str, float] = {}
 
-    def brief_outage(method: str) -> str | None:
+    def brief_outage(method: str, path: str = "") -> str | None:
         if "start" not in outage and len(stored(s3, "brief")) >= 1:
             outage["start"] = time.monotonic()
         if method == "PUT" and "start" in outage and time.monotonic() - outage["start"] < 1.5:
             outage["refused"] = outage.get("refused", 0) + 1
             return "deny"
-        return original(method)
+        return original(method, path)
 
     proxy.take_fault = brief_outage  # type: ignore[method-assign]
     result = dag_runner.run(generate(s3, "brief", retries="1", retry_delay="datetime.timedelta(seconds=0)"))
@@ -81,11 +81,11 @@ def test_when_s3_stops_accepting_writes_no_new_request_is_sent_and_the_error_nam
     watch: dict[str, float] = {}
     original = proxy.take_fault
 
-    def outage_after_the_first_image(method: str) -> str | None:
+    def outage_after_the_first_image(method: str, path: str = "") -> str | None:
         if "since" not in watch and len(stored(s3, "outage")) >= 1:
             watch["since"] = time.monotonic()
             getattr(proxy, fault)()  # credentials expired / the endpoint is gone, mid-run, for good
-        return original(method)
+        return original(method, path)
 
     proxy.take_fault = outage_after_the_first_image  # type: ignore[method-assign]
     result = dag_runner.run(generate(s3, "outage", deferrable=str(deferrable)))
@@ -98,7 +98,7 @@ def test_when_s3_stops_accepting_writes_no_new_request_is_sent_and_the_error_nam
     assert len(kept) >= 1 and len(calls) < len(PROMPTS)
     assert all(call.started < watch["since"] + 0.2 for call in calls), [c.started - watch["since"] for c in calls]
     logs = capfd.readouterr().out
-    assert "S3 refuses writes" in logs and "no further generation request is sent" in logs
+    assert "refuses writes" in logs and "no further generation request is sent" in logs
     assert "could not be written" in logs and "To recover: restore write access" in logs
     paid_not_stored = len(calls) - len(kept)
     assert logs.count(f"{grok_simulator.image_base_url}/images/") >= paid_not_stored  # each named, with its URL

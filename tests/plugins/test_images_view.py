@@ -6,7 +6,6 @@ page is in ``make e2e``.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -18,7 +17,8 @@ from urllib.parse import quote
 import pytest
 
 from airflow_provider_grok.plugins.view import PAGE_SIZE, page_of, servable_image
-from tests.operators.test_grok_operator import dag_source
+from airflow_provider_grok.record import Manifest
+from tests.support import dag_source
 
 PASSWORDS = {"viewer": "viewer-pw-1", "admin": "admin-pw-1"}
 
@@ -143,26 +143,30 @@ def test_a_task_instance_without_a_manifest_gets_a_sentence(client, generated) -
 
 
 def big_manifest(images: int) -> dict[str, Any]:
+    """A manifest of this release's version with ``images`` prompts of one image each, under prefix ``p``."""
     image = {"key": "", "s3_uri": "", "content_type": "image/jpeg", "size_bytes": 1, "sha256": "0" * 64}
     prompts = [
         {
             "prompt_index": i,
             "prompt": f"prompt {i}",
+            "fingerprint": "f",
+            "requested": 1,
             "status": "complete",
             "images": [{**image, "key": f"p/{i}-0.jpg", "prompt": f"prompt {i}", "prompt_index": i, "image_index": 0}],
         }
         for i in range(images)
     ]
-    return {"prefix": "p", "status": "complete", "summary": {}, "cost": {}, "prompts": prompts}
+    return {"manifest_version": 2, "prefix": "p", "status": "complete", "summary": {}, "cost": {}, "prompts": prompts}
 
 
 def test_paging_sends_one_page_whatever_the_size_of_the_manifest() -> None:
-    manifest = big_manifest(10_000)
+    manifest = Manifest.read(big_manifest(10_000))
+    assert manifest is not None
     first, last = page_of(manifest, 1), page_of(manifest, 10_000)
     assert len(first.images) == PAGE_SIZE and first.pages == -(-10_000 // PAGE_SIZE)
     assert last.number == last.pages and last.images[-1]["key"] == "p/9999-0.jpg"
     assert servable_image(manifest, "p/9999-0.jpg") is not None
-    assert servable_image(copy.deepcopy(manifest), "p/sub/1-0.jpg") is None
+    assert servable_image(manifest, "p/sub/1-0.jpg") is None
 
 
 @pytest.mark.parametrize("images", [100, 10_000])

@@ -22,6 +22,8 @@ from airflow_provider_grok.exceptions import (
 )
 from airflow_provider_grok.protocol import GenerationParams, RetryPolicy
 
+pytestmark = pytest.mark.sansio
+
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 20
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20
 WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 20

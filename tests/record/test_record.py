@@ -7,19 +7,23 @@ is sent again and what the manifest says it cost. The whole file runs in a few m
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 
 import pytest
 
 from airflow_provider_grok.exceptions import (
     GrokAuthError,
-    GrokBudgetExceededError,
     GrokContentFilteredError,
+    GrokCostCapExceededError,
     GrokIncompleteError,
     GrokPrefixInUseError,
     GrokServerError,
     GrokTransportError,
 )
 from airflow_provider_grok.protocol import EditParams, GeneratedImage, GenerationParams, ImageGenerationResult
+from airflow_provider_grok.protocol.images import ImageType
+from airflow_provider_grok.protocol.machine import ImageBytes
 from airflow_provider_grok.record import (
     ANSWERED,
     FAILED,
@@ -27,31 +31,70 @@ from airflow_provider_grok.record import (
     SENT,
     STORED,
     Admission,
+    After,
+    BatchDriver,
     CostCap,
+    Finished,
     Job,
-    Next,
+    Manifest,
     RequestRecord,
+    Send,
+    StopReason,
     TaskIdentity,
     TaskRecord,
-    current_manifest,
     describe_cost,
     keys,
+    lifecycle,
+    manifest,
     report,
-    sequence,
 )
+from airflow_provider_grok.record import plan as plans
 from airflow_provider_grok.record.records import image_from_metadata, image_metadata
+from airflow_provider_grok.storage.ledger import RequestLedger
+
+pytestmark = pytest.mark.sansio
 
 BUCKET, PREFIX = "b", "grok/d/r/t"
 CENT = 10**8  # ticks: 10^10 ticks are one dollar
 ME = TaskIdentity("d", "t", "r", -1, 1)
+LOG = logging.getLogger("test_record")
+
+
+class Crash(BaseException):
+    """A SIGKILL at this instant: nothing after it runs (not an Exception: no handler catches it)."""
 
 
 class Bucket:
-    """What S3 holds under the prefix: JSON documents, and image objects as (size, content type, metadata)."""
+    """
+    What storage holds under the prefix: JSON documents, and image objects as (size, content type, metadata).
+    It takes the writes of the real ``RequestLedger`` (the store interface), and can crash after the
+    ``crash_after``-th durable write, recording the name of each write it took.
+    """
 
-    def __init__(self) -> None:
+    bucket, prefix = BUCKET, PREFIX
+
+    def __init__(self, crash_after: int | None = None) -> None:
         self.documents: dict[str, dict] = {}
         self.images: dict[str, tuple[int, str, dict[str, str]]] = {}
+        self.crash_after = crash_after
+        self.writes: list[str] = []
+
+    def _written(self, what: str) -> None:
+        self.writes.append(what)
+        if self.crash_after is not None and len(self.writes) >= self.crash_after:
+            raise Crash(what)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{BUCKET}/{key}"
+
+    def put_json(self, key: str, document: dict) -> None:
+        self.documents[key] = copy.deepcopy(document)
+        self._written(f"{document['state']} receipt" if keys.is_receipt_key(PREFIX, key) else key)
+
+    def put_image(self, key: str, data: bytes, content_type: str, metadata: dict, *, digest=None) -> str:
+        self.images[key] = (len(data), content_type, {k: str(v) for k, v in metadata.items()})
+        self._written("image")
+        return key
 
     def listing(self) -> dict[str, int]:
         return {**{k: 100 for k in self.documents}, **{k: size for k, (size, _, _) in self.images.items()}}
@@ -59,8 +102,8 @@ class Bucket:
     def receipts(self) -> list[dict]:
         return [doc for key, doc in self.documents.items() if keys.is_receipt_key(PREFIX, key)]
 
-    def manifest(self) -> dict | None:
-        return current_manifest(self.documents.get(keys.manifest_key(PREFIX)))
+    def manifest(self) -> Manifest | None:
+        return Manifest.read(self.documents.get(keys.manifest_key(PREFIX)))
 
     def write_receipt(self, identity: TaskIdentity, request: RequestRecord) -> None:
         self.documents[keys.receipt_key(PREFIX, request.id)] = request.receipt(identity)
@@ -93,50 +136,73 @@ def answer(count: int, *, returned: int | None = None, ticks_per_image: int | No
     return ImageGenerationResult(0, "grok-imagine-image", images, count, usage, ["req-1"], 0, 0, unanswered)
 
 
+PNG = ImageBytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 8, ImageType("image/png", "png"))
+
+
+def ledger(bucket: Bucket, identity: TaskIdentity = ME) -> RequestLedger:
+    """The real ledger (the executors' writes) over the in-memory bucket; every image fetches as a PNG."""
+    return RequestLedger(bucket, identity, lambda image: PNG, logging.getLogger("test"))  # type: ignore[arg-type]
+
+
 def store_image(bucket: Bucket, identity: TaskIdentity, request: RequestRecord, index: int, revised: str | None):
+    """One image of an ``answered`` request in storage, as the ledger writes it."""
     key = keys.image_key(PREFIX, request.prompt_index, index, "png")
-    image = sequence.stored_image(
-        request, index, revised, "a cat", bucket=BUCKET, key=key, content_type="image/png", size_bytes=7, sha256="f0"
-    )
+    facts = lifecycle.ObjectFacts(bucket.uri(key), BUCKET, key, "image/png", 7, "f0")
+    image = lifecycle.stored_image(request, index, revised, "a cat", facts)
     metadata = {k: str(v) for k, v in image_metadata(identity, image, request.fingerprint, request.id).items()}
     bucket.images[key] = (7, "image/png", metadata)
-    request.images.append(image)
-
-
-def store_returned_image(bucket, identity, request, index: int, result: ImageGenerationResult) -> None:
-    """Store image ``index`` of ``result`` if the gateway returned it (moderation may have removed it)."""
-    if index < len(sequence.images_to_store(request, result)):
-        store_image(bucket, identity, request, request.first_image_index + index, request.revised_prompt(index))
+    lifecycle.add_stored(request, image)
 
 
 def stored(document: dict) -> dict:
-    """A manifest document as S3 would hold it: a snapshot, its lazily converted lists made plain."""
-    return copy.deepcopy({k: list(v) if isinstance(v, report.JsonItems) else v for k, v in document.items()})
+    """A manifest document as storage would hold it: a snapshot, its lazily converted lists made plain."""
+    return copy.deepcopy({k: list(v) if isinstance(v, manifest.JsonItems) else v for k, v in document.items()})
 
 
-# The steps of one request, in the order the ledger takes them; a crash may come between any two.
-STEPS = ["sent", "answered", "image 0 stored", "image 1 stored", "receipt stored", "manifest", "receipts deleted"]
+# The writes of one request of two images and the end of its try, as the ledger makes them (checked below).
+STEPS = ["sent receipt", "answered receipt", "image 0", "image 1", "stored receipt", "manifest", "receipts deleted"]
 
 
-def run_until(bucket: Bucket, record: TaskRecord, steps: int, result: ImageGenerationResult) -> None:
-    """Run the first job of ``record`` through the first ``steps`` of :data:`STEPS`, writing to ``bucket``."""
+def run_until(bucket: Bucket, record: TaskRecord, steps: int | None, result: ImageGenerationResult) -> None:
+    """
+    Run the first job of ``record`` as an executor does, through the real driver and ledger, then end the
+    try (manifest, receipts deleted); a SIGKILL right after the ``steps``-th write (None: no crash).
+    """
+    if steps == 0:
+        return
+    bucket.crash_after = steps
     job = record.pending_jobs(keys.WORKER)[0]
-    request = job.record(record.identity.try_number)
-    actions = [
-        lambda: bucket.write_receipt(record.identity, request),
-        lambda: (sequence.conclude(request, result, None), bucket.write_receipt(record.identity, request)),
-        *((lambda i=i: store_returned_image(bucket, record.identity, request, i, result)) for i in range(2)),
-        lambda: (sequence.conclude_storing(request), bucket.write_receipt(record.identity, request)),
-        lambda: (
-            record.track(request),
-            record.apply(request),
-            record.settle(),
-            bucket.documents.update({keys.manifest_key(PREFIX): stored(report.manifest_document(record, "x", {}, ""))}),
-        ),
-        lambda: [bucket.documents.pop(k) for k in list(bucket.documents) if keys.is_bookkeeping_key(PREFIX, k)],
-    ]
-    for action in actions[:steps]:
-        action()
+    params = GenerationParams(prompt="a cat", model="m", n=job.count)
+    driver = BatchDriver([(job, params)], record.cap, record.identity.try_number, LOG)
+    try:
+        send = driver.next()
+        assert isinstance(send, Send)
+        ledger(bucket, record.identity).write_sent(send.request)
+        driver.sent(send.request)
+        record.track(send.request)
+        assert driver.answered(send.request, result, None) is After.STORE
+        ledger(bucket, record.identity).store_answer(send.request, result, "a cat")
+        driver.finished(send.request)
+        record.apply(send.request)
+        record.end_batch(driver.stop)
+        record.decide()
+        bucket.put_json(keys.manifest_key(PREFIX), stored(manifest.document(record, "x", {}, "")))
+        for key in [k for k in bucket.documents if keys.is_bookkeeping_key(PREFIX, k)]:
+            del bucket.documents[key]
+        bucket._written("receipts deleted")
+    except Crash:
+        pass
+    finally:
+        bucket.crash_after = None
+
+
+def test_the_ledger_makes_the_lifecycles_durable_writes_in_order() -> None:
+    bucket = Bucket()
+    run_until(bucket, task(), None, answer(2))
+    # sent, answered, one write per image, stored: lifecycle.DURABLE_WRITES, then the end of the try.
+    per_request = ["sent receipt", "answered receipt", "image", "image", "stored receipt"]
+    assert [w for w in lifecycle.DURABLE_WRITES] == list(dict.fromkeys(per_request))
+    assert bucket.writes == [*per_request, keys.manifest_key(PREFIX), "receipts deleted"]
 
 
 @pytest.mark.parametrize(
@@ -151,15 +217,16 @@ def run_until(bucket: Bucket, record: TaskRecord, steps: int, result: ImageGener
         (6, 2, 0, 0, 1),
         (7, 2, 0, 0, 1),  # the manifest alone holds the record once the receipts are deleted
     ],
-    ids=["before " + STEPS[0], *(f"after {s}" for s in STEPS)],
+    ids=["before anything", *(f"after {s}" for s in STEPS)],
 )
 def test_a_crash_at_each_step_repeats_only_what_was_not_stored(steps, reused, resent_images, unanswered, billed):
     bucket = Bucket()
     run_until(bucket, task(), steps, answer(2))
+    assert len(bucket.writes) == steps
     retry = fold(bucket, task(TaskIdentity("d", "t", "r", -1, 2)))
     assert retry.reused == reused
     assert sum(job.count for job in retry.pending_jobs(keys.WORKER)) == resent_images
-    cost = report.manifest_document(retry, "in_progress", {}, "now")["cost"]
+    cost = manifest.document(retry, "in_progress", {}, "now")["cost"]
     assert (cost["requests_unanswered"], cost["requests_billed"]) == (unanswered, billed)
     assert cost["usd"] == (0.04 if billed else 0.0)
     assert cost["this_try"]["requests"] == 0 and cost["by_try"].get("1", {"requests": 0})["requests"] == min(steps, 1)
@@ -174,7 +241,7 @@ def test_an_adopted_orphan_keeps_its_revised_prompt_and_model() -> None:
         f"{PREFIX}/0-0.png",
         "revised 0",
         "grok-imagine-image",
-        "f0",
+        hashlib.sha256(PNG).hexdigest(),
     )
     assert retry.pending_jobs(keys.WORKER)[0].first_image_index == 1  # the next image, not the adopted one
 
@@ -220,7 +287,7 @@ def test_skip_existing_false_folds_the_cost_but_reuses_no_image() -> None:
     retry = task(TaskIdentity("d", "t", "r", -1, 2))
     retry.fold(bucket.manifest(), bucket.receipts(), bucket.listing())  # no fold_images: reuse_images=False
     assert sum(j.count for j in retry.pending_jobs(keys.WORKER)) == 2
-    assert report.manifest_document(retry, "x", {}, "now")["cost"]["usd"] == 0.04
+    assert manifest.document(retry, "x", {}, "now")["cost"]["usd"] == 0.04
 
 
 @pytest.mark.parametrize("where", ["manifest", "receipt"])
@@ -234,10 +301,12 @@ def test_a_record_of_another_task_instance_is_refused_before_anything_is_sent(wh
     assert "Nothing was generated" in str(raised.value) and f"s3://{BUCKET}/{PREFIX}/" in str(raised.value)
 
 
-def test_a_manifest_of_another_version_is_not_folded() -> None:
-    assert current_manifest({"manifest_version": 1, "requests": []}) is None
-    assert current_manifest(None) is None
-    assert current_manifest({"manifest_version": 2}) == {"manifest_version": 2}
+def test_a_manifest_of_another_version_or_malformed_is_not_read() -> None:
+    assert Manifest.read({"manifest_version": 1, "requests": []}) is None
+    assert Manifest.read(None) is None and Manifest.read(["not", "a", "manifest"]) is None
+    assert Manifest.read({"manifest_version": 2, "prompts": [{"prompt": "no index"}]}) is None
+    read = Manifest.read({"manifest_version": 2})
+    assert read is not None and read.prompts == [] and read.images() == [] and read.status == "unknown"
 
 
 def test_a_stale_receipt_never_takes_a_request_back() -> None:
@@ -258,7 +327,7 @@ def test_moderation_removing_some_images_is_partial_and_not_asked_again() -> Non
     bucket = Bucket()
     run_until(bucket, task(), 5, answer(2, returned=1))
     first = fold(bucket, task())
-    assert first.prompts[0].filtered == 1 and first.settle() == "partial"
+    assert first.prompts[0].filtered == 1 and first.decide() == "partial"
     retry = fold(bucket, task(TaskIdentity("d", "t", "r", -1, 2)))
     assert retry.pending_jobs(keys.WORKER) == []  # moderation said no: asking again would pay again
 
@@ -269,11 +338,11 @@ def test_moderation_refusing_every_image(allow_partial, status) -> None:
     (job,) = record.pending_jobs(keys.WORKER)
     request = job.record(1)
     err = GrokContentFilteredError("refused by moderation", status=400, request_id="req-9")
-    assert sequence.conclude(request, err, None) is Next.DONE
+    assert lifecycle.conclude(request, err, None) is After.WRITE_RECEIPT
     assert (request.state, request.billed, request.filtered, request.request_ids) == (FILTERED, True, 2, ["req-9"])
     record.track(request)
     record.apply(request)
-    assert record.settle() == status and record.prompts[0].status == ("filtered" if allow_partial else "failed")
+    assert record.decide() == status and record.prompts[0].status == ("filtered" if allow_partial else "failed")
     error = report.outcome_error(record)
     assert (error is None) == allow_partial
     bucket = Bucket()
@@ -281,8 +350,10 @@ def test_moderation_refusing_every_image(allow_partial, status) -> None:
     retry = fold(bucket, task(TaskIdentity("d", "t", "r", -1, 2), allow_partial=allow_partial))
     # Moderation's "no" is an answer: asked again only when the user said a prompt without images fails.
     assert sum(job.count for job in retry.pending_jobs(keys.WORKER)) == (0 if allow_partial else 2)
+    # The prompt's record says why it has no images, in the manifest too.
+    assert record.prompts[0].error == "content moderation refused every image: refused by moderation"
     if not allow_partial:
-        assert isinstance(error, GrokIncompleteError) and "content moderation returned no images" in str(error)
+        assert isinstance(error, GrokIncompleteError) and "content moderation refused every image" in str(error)
 
 
 # --- errors and what may have been billed ---
@@ -291,14 +362,14 @@ def test_moderation_refusing_every_image(allow_partial, status) -> None:
 @pytest.mark.parametrize(
     ("err", "step", "maybe_billed"),
     [
-        (GrokTransportError("read timed out"), Next.DONE, True),
-        (GrokServerError("boom", status=500), Next.DONE, False),
-        (GrokAuthError("bad key", status=401), Next.STOP, False),  # every further request would fail too
+        (GrokTransportError("read timed out"), After.WRITE_RECEIPT, True),
+        (GrokServerError("boom", status=500), After.WRITE_RECEIPT, False),
+        (GrokAuthError("bad key", status=401), After.WRITE_RECEIPT, False),
     ],
 )
 def test_a_failed_request_says_whether_it_may_have_been_billed(err, step, maybe_billed) -> None:
     request = Job("t1-abc123-s00001", 0, 0, 2, "fp").record(1)
-    assert sequence.conclude(request, err, None) is step
+    assert lifecycle.conclude(request, err, None) is step
     assert request.state == FAILED and request.maybe_billed is maybe_billed
     assert request.billed is (None if maybe_billed else False)
 
@@ -314,8 +385,8 @@ def test_every_attempt_that_got_no_answer_is_counted() -> None:
         request = job.record(1)
         record.track(request)
         if outcome is not None:  # the third stays "sent": in flight at a crash
-            sequence.conclude(request, outcome, None)
-    cost = report.manifest_document(record, "x", {}, "now")["cost"]
+            lifecycle.conclude(request, outcome, None)
+    cost = manifest.document(record, "x", {}, "now")["cost"]
     assert cost["usd"] == 0.02
     assert cost["requests_unanswered"] == 2  # the timed-out request and the one in flight
     assert cost["attempts_unanswered"] == 3  # two retried attempts of the first request, one of the second
@@ -331,8 +402,8 @@ def test_cost_is_told_per_try_and_for_all_tries() -> None:
     (job,) = second.pending_jobs(keys.WORKER)
     request = job.record(2)
     second.track(request)
-    sequence.conclude(request, answer(1, ticks_per_image=3 * CENT), None)
-    cost = report.manifest_document(second, "x", {}, "now")["cost"]
+    lifecycle.conclude(request, answer(1, ticks_per_image=3 * CENT), None)
+    cost = manifest.document(second, "x", {}, "now")["cost"]
     assert (cost["usd"], cost["this_try"]["usd"], cost["by_try"]["1"]["usd"]) == (0.07, 0.03, 0.04)
     assert cost["requests"] == 2 and cost["this_try"]["requests"] == 1
     assert job.id.startswith("t2-abc123-s")
@@ -343,16 +414,16 @@ def test_a_request_without_usage_makes_the_cost_unknown() -> None:
     (job,) = record.pending_jobs(keys.WORKER)
     request = job.record(1)
     record.track(request)
-    sequence.conclude(request, answer(2, ticks_per_image=None), None)
-    cost = report.manifest_document(record, "x", {}, "now")["cost"]
+    lifecycle.conclude(request, answer(2, ticks_per_image=None), None)
+    cost = manifest.document(record, "x", {}, "now")["cost"]
     assert cost["usd"] is None and cost["requests_without_usage"] == 1
 
 
 def test_extra_images_beyond_the_request_are_not_stored() -> None:
     request = Job("t1-abc123-s00001", 0, 4, 2, "fp").record(1)
     result = answer(3)
-    assert sequence.conclude(request, result, None) is Next.STORE
-    assert [index for index, _ in sequence.images_to_store(request, result)] == [4, 5]
+    assert lifecycle.conclude(request, result, None) is After.STORE
+    assert [index for index, _ in lifecycle.images_to_store(request, result)] == [4, 5]
     assert request.revised_prompts == ["revised 0", "revised 1"]
 
 
@@ -375,13 +446,17 @@ def test_a_cap_starts_from_what_earlier_tries_paid() -> None:
     assert (job.prompt_index, job.count) == (1, 10)  # the price is known: no probe
     assert retry.cap.admit(3) is Admission.SEND  # 0.04 + 3 x 0.02 = 0.10: fits exactly
     request = Job("t2-abc123-s00002", 1, 0, 3, retry.prompts[1].fingerprint).record(2)
-    sequence.conclude(request, answer(3), None)
+    lifecycle.conclude(request, answer(3), None)
     retry.track(request)
-    retry.cap.settle(request)
-    assert retry.cap.admit(1) is Admission.STOP  # 0.12 would pass the cap, and nothing is in flight
-    retry.settle()
+    retry.cap.release(request)
+    rest = Job("t2-abc123-s00003", 1, 3, 1, retry.prompts[1].fingerprint)
+    driver = BatchDriver([(rest, GenerationParams(prompt="a dog", model="m", n=1))], retry.cap, 2, LOG)
+    assert driver.next() is Finished  # 0.12 would pass the cap, and nothing is in flight
+    assert driver.stop is not None and driver.stop.reason is StopReason.COST_CAP
+    retry.end_batch(driver.stop)
+    retry.decide()
     error = report.outcome_error(retry)
-    assert isinstance(error, GrokBudgetExceededError) and error.not_generated == [1]
+    assert isinstance(error, GrokCostCapExceededError) and error.not_generated == [1]
     assert error.spent_usd == pytest.approx(0.10)
 
 
@@ -397,11 +472,11 @@ def test_a_restarted_trigger_sends_only_what_was_in_flight_under_a_new_id() -> N
     jobs = plan(3)
     answered = {**jobs[0][0].record(1).to_json(), "state": ANSWERED}
     in_flight = jobs[1][0].record(1).to_json()
-    todo = sequence.still_to_send(jobs, [answered, in_flight])
+    todo = plans.still_to_send(jobs, [answered, in_flight])
     assert [job.id for job, _ in todo] == ["t1-abc123-d00001-r1", "t1-abc123-d00002"]
-    again = sequence.still_to_send(jobs, [answered, in_flight, {**in_flight, "id": todo[0][0].id}])
+    again = plans.still_to_send(jobs, [answered, in_flight, {**in_flight, "id": todo[0][0].id}])
     assert [job.id for job, _ in again] == ["t1-abc123-d00001-r2", "t1-abc123-d00002"]
-    folded = sequence.receipts_of_plan(jobs, [answered, in_flight, {**in_flight, "id": todo[0][0].id}, {"id": "x"}])
+    folded = plans.receipts_of_plan(jobs, [answered, in_flight, {**in_flight, "id": todo[0][0].id}, {"id": "x"}])
     assert len(folded) == 3  # the re-sent request is this plan's too; a stranger's is not
 
 
@@ -410,7 +485,7 @@ def test_a_plan_survives_its_round_trip() -> None:
     jobs = [*plan(1), (Job("t1-abc123-d00009", 1, 0, 2, "fp2"), edit)]
     cap = CostCap(1.0)
     cap.fold([RequestRecord("x", 1, 0, 0, 1, "fp", state=STORED, usage={"cost_in_usd_ticks": CENT})])
-    back, cap_back = sequence.read_plan_document(sequence.plan_document(jobs, cap))
+    back, cap_back = plans.read_plan_document(plans.plan_document(jobs, cap))
     assert back == jobs and cap_back.to_json() == cap.to_json()
 
 
@@ -418,7 +493,7 @@ def test_images_lost_in_a_triggerer_crash_are_generated_by_the_worker() -> None:
     record = task(prompts=(("a cat", 2), ("a dog", 2), ("a cow", 2)))
     jobs = record.pending_jobs(keys.TRIGGER)
     failed = jobs[1].record(1)
-    sequence.conclude(failed, GrokServerError("boom", status=500), None)
+    lifecycle.conclude(failed, GrokServerError("boom", status=500), None)
     record.track(failed)
     record.apply(failed)
     assert [job.prompt_index for job in record.lost_in_trigger(keys.WORKER)] == [0, 2]  # the error explains prompt 1
@@ -443,9 +518,8 @@ def test_request_ids_and_keys() -> None:
 def test_image_metadata_is_read_back_as_written() -> None:
     request = Job("t1-abc123-s00001", 2, 0, 1, "fp").record(1)
     request.model = "grok-imagine-image"
-    image = sequence.stored_image(
-        request, 5, None, "p", bucket=BUCKET, key="k", content_type="image/jpeg", size_bytes=1, sha256="ab"
-    )
+    facts = lifecycle.ObjectFacts("s3://b/k", BUCKET, "k", "image/jpeg", 1, "ab")
+    image = lifecycle.stored_image(request, 5, None, "p", facts)
     written = {k: str(v) for k, v in image_metadata(ME, image, "fp", request.id).items()}  # S3 returns strings
     found = image_from_metadata(written)
     assert found is not None and ME.foreign_owner(found.owner) is None

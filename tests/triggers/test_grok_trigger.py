@@ -53,8 +53,13 @@ def receipts(s3) -> dict[int, dict]:
     return {doc["prompt_index"]: doc for doc in all_receipts(s3)}
 
 
-async def single_event(trigger: GrokGenerateImagesTrigger) -> dict:
-    events = [event async for event in trigger.run()]
+async def single_event(trigger: GrokGenerateImagesTrigger, seconds: float = 120.0) -> dict:
+    """The trigger's events, within a deadline: a trigger that never yields fails the test instead of hanging it."""
+
+    async def collect() -> list:
+        return [event async for event in trigger.run()]
+
+    events = await asyncio.wait_for(collect(), seconds)
     assert len(events) == 1  # exactly one event, always
     return events[0].payload
 
@@ -78,8 +83,8 @@ def test_serialize_round_trips_exactly(s3):
 async def test_trigger_stores_every_answer_and_its_receipt_and_the_event_is_a_few_counts(xai_sim, make_conn, s3):
     event = await single_event(trigger_for(make_conn(xai_sim), s3, ["a", "b", "c"], n=2))
 
-    assert event == {"version": 1, "status": "success", "sent": 3, "skipped": 0, "error_type": None,
-                     "message": None, "status_code": None}  # fmt: skip
+    assert event == {"version": 2, "status": "success", "sent": 3, "skipped": 0, "stop_reason": None,
+                     "error_type": None, "message": None, "status_code": None}  # fmt: skip
     assert [k for k in s3.object_keys("trig/") if "_grok" not in k] == [
         f"trig/{p}-{i}.jpg" for p in range(3) for i in range(2)
     ]
@@ -192,6 +197,12 @@ def test_events_of_another_version_read_as_a_clear_error():
     unknown = GenerationEvent.from_payload({"version": 1, "status": "error", "error_type": "os.system",
                                             "message": "x"}).error  # fmt: skip
     assert type(unknown) is GrokError  # names from the database are looked up in an explicit map only
+    # A version-1 event (the previous release's trigger) still reads, its stop inferred from its error.
+    old_cap = GenerationEvent.from_payload({"version": 1, "status": "error", "error_type": "GrokBudgetExceededError",
+                                            "message": "max_cost_usd reached"})  # fmt: skip
+    assert old_cap.stop is not None and old_cap.stop.reason == "cost_cap"
+    assert type(old_cap.error).__name__ == "GrokCostCapExceededError"
+    assert GenerationEvent.from_payload({"version": 3, "status": "success"}).status == "error"
 
 
 async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch, s3):
@@ -214,7 +225,7 @@ async def test_cancellation_closes_the_client_promptly(make_conn, monkeypatch, s
         await wait_until(lambda: sim.peak_concurrency == 2)  # both requests are in flight (5 s latency)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, 30)
         assert closed.is_set()  # the client was closed on cancellation, before any answer arrived
         assert sim.generation_calls == []
 
@@ -284,7 +295,8 @@ async def test_the_trigger_stops_at_the_money_cap_the_worker_folded(xai_sim, mak
     trigger = trigger_for(make_conn(xai_sim), s3, ["a", "b", "c", "d"], cap=cap, max_concurrency=2)
     event = await single_event(trigger)
 
-    assert event["status"] == "error" and event["error_type"] == "GrokBudgetExceededError"
+    assert event["status"] == "error" and event["error_type"] == "GrokCostCapExceededError"
+    assert event["stop_reason"] == "cost_cap"
     assert event["sent"] == 2 and len(xai_sim.generation_calls) == 2
     assert xai_sim.billing()["cost_usd"] == pytest.approx(0.04)
     assert "$0.0600 billed of max_cost_usd=$0.0600" in event["message"]
