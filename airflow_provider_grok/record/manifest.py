@@ -179,12 +179,6 @@ class Manifest:
         images = [image for prompt in self.prompts for image in prompt.images]
         return sorted(images, key=lambda i: (i.prompt_index, i.image_index))
 
-    def prompt_of(self, image: StoredImage) -> PromptRecord | None:
-        return next((p for p in self.prompts if p.prompt_index == image.prompt_index), None)
-
-    def owner(self) -> dict[str, Any]:
-        return {name: self.raw.get(name) for name in ("dag_id", "task_id", "run_id", "map_index")}
-
 
 def decode(data: bytes) -> Manifest | None:
     """A manifest from its bytes (:func:`encode`'s); None when it is not one this release reads."""
